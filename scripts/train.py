@@ -1,0 +1,13 @@
+"""Train, calibrate and test an image classifier.
+
+    python scripts/train.py                                # MNIST, configs/mnist.yaml
+    python scripts/train.py --config configs/cifar10.yaml  # another experiment
+    python scripts/train.py --trainer.max_epochs 1         # override any value
+    python scripts/train.py --ckpt_path last               # resume the newest run
+"""
+
+from softcal.cli import train
+from softcal.errors import exit_on_user_error
+
+if __name__ == "__main__":
+    exit_on_user_error(train)()

@@ -1,0 +1,199 @@
+"""The command line: LightningCLI over the Classifier and any ClassificationDataModule.
+
+``python scripts/train.py`` = fit, then fit a temperature on validation logits, then test the
+best checkpoint with raw and calibrated probabilities and print one table. Without ``--config``
+the default ``configs/mnist.yaml`` is used; any value can be overridden
+(``--trainer.max_epochs 3``), and the resolved config is saved in the run directory so the
+checkpoint can be evaluated later with exactly the settings that made it.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from softcal.calibration import collect_logits, fit_temperature
+from softcal.data import ClassificationDataModule, TensorBatchLoader
+from softcal.errors import SoftcalError
+from softcal.module import Classifier
+from softcal.runs import (
+    atomic_torch_save,
+    atomic_write_json,
+    latest_run_with_last,
+    load_checkpoint,
+)
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+DEFAULT_CONFIG = CONFIG_DIR / "mnist.yaml"
+
+
+def with_default_config(args: list[str]) -> list[str]:
+    """Prepend ``--config configs/mnist.yaml`` unless the user named a config."""
+    if any(a == "--config" or a.startswith("--config=") for a in args):
+        return args
+    if any(a in ("-h", "--help", "--print_config") or a.startswith("--print_config") for a in args):
+        pass  # still show the defaults the user would get
+    if not DEFAULT_CONFIG.is_file():
+        raise SoftcalError(f"default config {DEFAULT_CONFIG} not found; pass --config FILE.yaml")
+    return ["--config", str(DEFAULT_CONFIG), *args]
+
+
+class SoftcalCLI(LightningCLI):
+    """LightningCLI with the data facts linked into the model and a checkpoint policy."""
+
+    def __init__(self, args: list[str] | None = None, **kwargs: Any) -> None:
+        args = list(sys.argv[1:] if args is None else args)
+        super().__init__(
+            model_class=Classifier,
+            datamodule_class=ClassificationDataModule,
+            subclass_mode_data=True,
+            run=False,
+            args=with_default_config(args),
+            save_config_kwargs={"overwrite": True},  # a resumed run rewrites the same file
+            parser_kwargs={"description": "Train an image classifier and measure calibration."},
+            **kwargs,
+        )
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({
+            "checkpoint.monitor": "val/acc",
+            "checkpoint.mode": "max",
+            "checkpoint.save_last": True,
+            "checkpoint.filename": "best-epoch{epoch:02d}-step{step}",
+            "checkpoint.auto_insert_metric_name": False,
+        })  # fmt: skip
+        parser.add_argument("--ckpt_path", type=str | None, default=None,
+                            help="resume from a checkpoint, a run directory, or 'last' (the"
+                                 " newest run of this experiment with a last.ckpt)")  # fmt: skip
+        parser.add_argument("--calibrate", type=bool, default=True,
+                            help="fit a temperature on validation logits after training")  # fmt: skip
+        parser.add_argument("--progress_refresh_rate", type=int, default=50,
+                            help="progress bar updates every N steps (each costs time)")  # fmt: skip
+        # The data knows its classes and image shape; the model is told, never configured twice.
+        for source, target in (("num_classes", "num_classes"), ("in_channels", "in_channels"),
+                               ("class_names", "class_names")):  # fmt: skip
+            parser.link_arguments(f"data.{source}", f"model.{target}", apply_on="instantiate")
+        parser.link_arguments("data.image_size", "model.image_size",
+                              compute_fn=lambda size: int(size[0]), apply_on="instantiate")  # fmt: skip
+        # One seed drives initialisation, the train/val split and the shuffling order.
+        parser.link_arguments("seed_everything", "data.init_args.split_seed")
+
+    def before_instantiate_classes(self) -> None:
+        """Resolve ``--ckpt_path`` so a resumed run writes into its own run directory."""
+        self.resume_path = self._resolve_resume(self.config.get("ckpt_path"))
+
+    def _resolve_resume(self, ckpt_path: str | None) -> str | None:
+        if not ckpt_path:
+            return None
+        logger = self.config.trainer.get("logger")
+        init = logger.get("init_args") if hasattr(logger, "get") else None
+        path = Path(ckpt_path)
+        if ckpt_path == "last":
+            if init is None:
+                raise SoftcalError("--ckpt_path last needs a TensorBoard logger to find the run")
+            run_dir = latest_run_with_last(Path(init["save_dir"]), init["name"])
+            if run_dir is None:
+                where = Path(init["save_dir"]) / init["name"]
+                raise SoftcalError(f"--ckpt_path last: no run in {where} has checkpoints/last.ckpt")
+            path = run_dir / "checkpoints" / "last.ckpt"
+        elif path.is_dir():
+            path = path / "checkpoints" / "last.ckpt"
+        if not path.is_file():
+            raise SoftcalError(f"checkpoint {path} not found; pass a .ckpt, a run directory or last")
+        run_dir = path.parent.parent
+        if init is not None and path.parent.name == "checkpoints":
+            # Continue in the same run directory: same TensorBoard run, same checkpoints folder.
+            init["save_dir"] = str(run_dir.parent.parent)
+            init["name"] = run_dir.parent.name
+            init["version"] = run_dir.name
+        return str(path)
+
+    def instantiate_trainer(self, **kwargs: Any):
+        config = self._get(self.config_init, "trainer", default={})
+        callbacks = list(config.get("callbacks") or [])
+        if config.get("enable_progress_bar", True) is not False and not any(
+            isinstance(c, ProgressBar) for c in callbacks
+        ):
+            refresh = self._get(self.config, "progress_refresh_rate", default=50)
+            callbacks.append(TQDMProgressBar(refresh_rate=refresh))
+            kwargs["callbacks"] = callbacks
+        return super().instantiate_trainer(**kwargs)
+
+
+# --------------------------------------------------------------------------- train workflow
+
+
+def calibrate_temperature(model: Classifier, datamodule: ClassificationDataModule) -> float:
+    """Fit T on the whole validation split (the same on every process), set it on the model."""
+    images, labels = datamodule.splits["val"]
+    batches = TensorBatchLoader(images, labels, datamodule.eval_batch_size, shuffle=False)
+    logits, targets = collect_logits(model, batches, datamodule.preprocess, model.device)
+    temperature = fit_temperature(logits, targets)
+    model.temperature.fill_(temperature)
+    return temperature
+
+
+def format_results(results: dict[str, float], temperature: float | None, title: str) -> str:
+    """A two-column table: raw softmax vs temperature-scaled, one row per metric."""
+    names = sorted({k.split("/", 1)[1] for k in results if k.startswith("test/")})
+    order = ["acc", "acc_top5", "ece", "mce", "rmsce", "adaptive_ece", "classwise_ece", "brier",
+             "nll", "loss"]  # fmt: skip
+    names.sort(key=lambda n: order.index(n) if n in order else len(order))
+    t = f"T = {temperature:.3f}" if temperature is not None else "T = 1"
+    head = f"{'metric':<15}{'test (T = 1)':>15}{'calibrated (' + t + ')':>26}"
+    lines = [title, head, "-" * len(head)]
+    for name in names:
+        raw = results.get(f"test/{name}", math.nan)
+        cal = results.get(f"test_calibrated/{name}", math.nan)
+        percent = name.startswith("acc") or "ece" in name or name in ("mce", "rmsce")
+        fmt = (lambda v: f"{100 * v:.2f}%") if percent else (lambda v: f"{v:.4f}")
+        lines.append(f"{name:<15}{fmt(raw):>15}{fmt(cal) if not math.isnan(cal) else '':>26}")
+    return "\n".join(lines)
+
+
+def train(args: list[str] | None = None) -> dict[str, Any]:
+    """fit -> temperature scaling -> test; returns the results also written to results.json."""
+    cli = SoftcalCLI(args)
+    trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cli.resume_path)
+    if trainer.interrupted:
+        raise SystemExit(130)
+    checkpoint = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if not checkpoint and trainer.checkpoint_callback and trainer.checkpoint_callback.last_model_path:
+        checkpoint = trainer.checkpoint_callback.last_model_path
+    checkpoint = trainer.strategy.broadcast(checkpoint)
+    if checkpoint:
+        model.load_state_dict(load_checkpoint(checkpoint)["state_dict"])
+    temperature = None
+    if cli.config.calibrate:
+        temperature = calibrate_temperature(model, datamodule)
+        if checkpoint and trainer.is_global_zero:
+            ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+            ckpt["state_dict"]["temperature"] = torch.tensor(temperature)
+            atomic_torch_save(ckpt, checkpoint)
+    metrics = trainer.test(model, datamodule=datamodule, verbose=False)[0]
+    run_dir = Path(trainer.log_dir) if trainer.log_dir else None
+    results = {
+        "dataset": datamodule.name,
+        "checkpoint": str(Path(checkpoint).resolve()) if checkpoint else None,
+        "temperature": temperature,
+        "run_dir": str(run_dir) if run_dir else None,
+        "metrics": {k: float(v) for k, v in sorted(metrics.items())},
+    }
+    if trainer.is_global_zero:
+        if run_dir is not None and trainer.logger is not None:
+            if temperature is not None:
+                atomic_write_json(run_dir / "temperature.json", {"temperature": temperature})
+            atomic_write_json(run_dir / "results.json", results)
+        title = f"{datamodule.name} test set, checkpoint {checkpoint or '(final weights)'}"
+        print("\n" + format_results(results["metrics"], temperature, title))
+        if run_dir is not None and trainer.logger is not None:
+            print(f"\nrun directory: {run_dir}  (tensorboard --logdir {run_dir.parent.parent})")
+    return results

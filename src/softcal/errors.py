@@ -1,0 +1,58 @@
+"""User-facing errors: one line that names the problem and the fix.
+
+Code raises :class:`SoftcalError` for anything a user can fix (missing data, a wrong checkpoint,
+a corrupt file). The scripts catch it and print the message without a traceback; pass
+``--verbose`` to a script to see the traceback as well.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+class SoftcalError(Exception):
+    """A problem with the user's input, with a message that says how to fix it."""
+
+
+class DataError(SoftcalError):
+    """Data is missing, corrupt or inconsistent."""
+
+
+class CheckpointError(SoftcalError):
+    """A checkpoint is missing, corrupt or does not fit the data or config."""
+
+
+class NonFiniteLossError(SoftcalError):
+    """The training loss became NaN or infinite."""
+
+
+def _wants_traceback(argv: list[str]) -> bool:
+    return "--verbose" in argv or os.environ.get("SOFTCAL_VERBOSE") == "1"
+
+
+def exit_on_user_error(main: Callable[[], T]) -> Callable[[], T]:
+    """Run a script's ``main``; a :class:`SoftcalError` becomes ``error: ...`` and exit code 2."""
+
+    @functools.wraps(main)
+    def wrapper() -> T:
+        verbose = _wants_traceback(sys.argv)
+        if "--verbose" in sys.argv:
+            sys.argv.remove("--verbose")
+        try:
+            return main()
+        except SoftcalError as err:
+            if verbose:
+                raise
+            print(f"error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
+        except KeyboardInterrupt:
+            print("interrupted: the last saved checkpoint is kept", file=sys.stderr)
+            raise SystemExit(130) from None
+
+    return wrapper

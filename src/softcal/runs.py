@@ -1,0 +1,98 @@
+"""Run directories and the files in them, written atomically.
+
+A run directory (``runs/<experiment>/version_<n>/``) holds ``config.yaml`` (the resolved
+config), TensorBoard event files, ``checkpoints/`` (best and last), ``temperature.json`` and
+``results.json``. Everything that is rewritten goes through a temporary file and a rename, so a
+crash mid-write leaves the previous version, never half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from softcal.errors import CheckpointError
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> Path:
+    return atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> Path:
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a Lightning checkpoint safely (``weights_only=True``: no arbitrary code runs).
+
+    Every failure becomes one CheckpointError line: missing, truncated, not a checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} not found; pass a .ckpt file or a run directory")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for truncated or foreign files
+        reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        raise CheckpointError(
+            f"{path} cannot be read as a checkpoint ({reason}); it is truncated, corrupt or"
+            " not a softcal/Lightning .ckpt file - use another checkpoint from the run"
+        ) from err
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise CheckpointError(f"{path} is not a Lightning checkpoint (no 'state_dict' in it)")
+    return ckpt
+
+
+def find_run_dir(path: str | Path) -> Path:
+    """The run directory for a run directory, a checkpoint inside one, or its config.yaml."""
+    path = Path(path)
+    candidates = [path] if path.is_dir() else [path.parent, path.parent.parent]
+    for candidate in candidates:
+        if (candidate / "config.yaml").is_file():
+            return candidate
+    raise CheckpointError(
+        f"no config.yaml found beside {path}; evaluate a run directory made by scripts/train.py"
+        " (or copy the run's config.yaml next to the checkpoint)"
+    )
+
+
+def best_checkpoint(run_dir: Path) -> Path:
+    """The run's best checkpoint (as recorded by training), else its last one."""
+    results = run_dir / "results.json"
+    if results.is_file():
+        recorded = json.loads(results.read_text()).get("checkpoint")
+        if recorded and Path(recorded).is_file():
+            return Path(recorded)
+    ckpts = sorted((run_dir / "checkpoints").glob("best*.ckpt"), key=os.path.getmtime)
+    if ckpts:
+        return ckpts[-1]
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        return last
+    raise CheckpointError(f"no checkpoint in {run_dir / 'checkpoints'}; train first or pass a .ckpt")
+
+
+def latest_run_with_last(save_dir: Path, name: str) -> Path | None:
+    """The newest ``save_dir/name/version_*`` holding ``checkpoints/last.ckpt``."""
+    runs = [p.parent.parent for p in (save_dir / name).glob("version_*/checkpoints/last.ckpt")]
+    return max(runs, key=lambda p: (p / "checkpoints" / "last.ckpt").stat().st_mtime, default=None)
