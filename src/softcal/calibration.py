@@ -220,6 +220,8 @@ def calibration_metrics(num_classes: int, prefix: str, n_bins: int = 15) -> Metr
 
 # ----------------------------------------------------------------------------- temperature
 
+MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-2, 1e2
+
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 200) -> float:
     """The temperature T minimising NLL of softmax(logits / T) on held-out (validation) data.
@@ -244,9 +246,11 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 
 
     optimizer.step(closure)
     temperature = float(log_t.detach().exp())
-    if not torch.isfinite(torch.tensor(temperature)) or temperature <= 0:
+    if not torch.isfinite(torch.tensor(temperature)):
         return 1.0
-    return temperature
+    # A model that knows nothing drives T towards infinity (uniform predictions minimise its
+    # NLL); the bounds keep such a T readable without affecting any trained model.
+    return min(max(temperature, MIN_TEMPERATURE), MAX_TEMPERATURE)
 
 
 @torch.no_grad()

@@ -1,0 +1,71 @@
+"""Shared fixtures: tiny datasets in the real formats, and a way to run the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from softcal.synthetic import write_cifar_dataset, write_idx_dataset, write_image_folder
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Tests must never touch the network or a user's cache.
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("SOFTCAL_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture(scope="session")
+def mnist_root(tmp_path_factory) -> Path:
+    """A root holding MNIST/raw with 600 train and 200 test generated digits-like images."""
+    root = tmp_path_factory.mktemp("mnist_root")
+    write_idx_dataset(root, "MNIST")
+    return root
+
+
+@pytest.fixture(scope="session")
+def cifar10_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("cifar10_root")
+    write_cifar_dataset(root, 10)
+    return root
+
+
+@pytest.fixture(scope="session")
+def cifar100_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("cifar100_root")
+    write_cifar_dataset(root, 100, n_train=400, n_test=100)
+    return root
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory) -> Path:
+    return write_image_folder(tmp_path_factory.mktemp("folder") / "shapes")
+
+
+#: Arguments that make any config train in seconds on tiny data.
+TINY = [
+    "--trainer.max_epochs", "1",
+    "--trainer.limit_train_batches", "4",
+    "--trainer.enable_progress_bar", "false",
+    "--trainer.enable_model_summary", "false",
+    "--data.init_args.batch_size", "32",
+    "--data.init_args.eval_batch_size", "100",
+    "--data.init_args.val_size", "100",
+]  # fmt: skip
+
+
+def run_script(script: str, *args: str, env: dict | None = None, cwd: Path | None = None,
+               timeout: float = 300) -> subprocess.CompletedProcess:  # fmt: skip
+    """Run ``python scripts/<script> args...`` as a user would; returns the finished process."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, str(REPO / "scripts" / script), *args],
+        cwd=cwd or REPO, env=full_env, capture_output=True, text=True, timeout=timeout,
+    )
