@@ -46,7 +46,7 @@ def cifar100_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def image_folder(tmp_path_factory) -> Path:
-    return write_image_folder(tmp_path_factory.mktemp("folder") / "shapes")
+    return write_image_folder(tmp_path_factory.mktemp("folder") / "shapes", n_train=120, n_test=30)
 
 
 #: Arguments that make any config train in seconds on tiny data.
@@ -69,3 +69,11 @@ def run_script(script: str, *args: str, env: dict | None = None, cwd: Path | Non
         [sys.executable, str(REPO / "scripts" / script), *args],
         cwd=cwd or REPO, env=full_env, capture_output=True, text=True, timeout=timeout,
     )
+
+
+@pytest.fixture(scope="session")
+def mnist_sized_root(tmp_path_factory) -> Path:
+    """Enough generated MNIST-format images for the unchanged configs (val_size 5000)."""
+    root = tmp_path_factory.mktemp("mnist_sized_root")
+    write_idx_dataset(root, "MNIST", n_train=6000, n_test=1000)
+    return root

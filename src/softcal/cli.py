@@ -34,11 +34,23 @@ DEFAULT_CONFIG = CONFIG_DIR / "mnist.yaml"
 
 
 def with_default_config(args: list[str]) -> list[str]:
-    """Prepend ``--config configs/mnist.yaml`` unless the user named a config."""
-    if any(a == "--config" or a.startswith("--config=") for a in args):
+    """Prepend ``--config configs/mnist.yaml`` unless the user named a config.
+
+    A ``--config configs/...`` path that does not exist from the current directory is taken
+    from the project's own ``configs/``, so the README's commands work from any directory.
+    """
+    args = list(args)
+    named = False
+    for i, arg in enumerate(args):
+        if arg == "--config" and i + 1 < len(args):
+            named = True
+            path = Path(args[i + 1])
+            if not path.exists() and (CONFIG_DIR.parent / path).is_file():
+                args[i + 1] = str(CONFIG_DIR.parent / path)
+        elif arg.startswith("--config="):
+            named = True
+    if named:
         return args
-    if any(a in ("-h", "--help", "--print_config") or a.startswith("--print_config") for a in args):
-        pass  # still show the defaults the user would get
     if not DEFAULT_CONFIG.is_file():
         raise SoftcalError(f"default config {DEFAULT_CONFIG} not found; pass --config FILE.yaml")
     return ["--config", str(DEFAULT_CONFIG), *args]
@@ -48,13 +60,16 @@ class SoftcalCLI(LightningCLI):
     """LightningCLI with the data facts linked into the model and a checkpoint policy."""
 
     def __init__(self, args: list[str] | None = None, **kwargs: Any) -> None:
-        args = list(sys.argv[1:] if args is None else args)
+        if args is None:  # from the command line: rewrite argv (LightningCLI reads it itself)
+            sys.argv[1:] = with_default_config(sys.argv[1:])
+        else:
+            args = with_default_config(list(args))
         super().__init__(
             model_class=Classifier,
             datamodule_class=ClassificationDataModule,
             subclass_mode_data=True,
             run=False,
-            args=with_default_config(args),
+            args=args,
             save_config_kwargs={"overwrite": True},  # a resumed run rewrites the same file
             parser_kwargs={"description": "Train an image classifier and measure calibration."},
             **kwargs,

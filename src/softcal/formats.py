@@ -148,7 +148,7 @@ def decode_images(
                 img = img.convert(mode)
                 if img.size != (size[1], size[0]):
                     img = img.resize((size[1], size[0]), Image.BILINEAR)
-                array = np.asarray(img, dtype=np.uint8)
+                array = np.array(img, dtype=np.uint8)  # a writable copy
         except (UnidentifiedImageError, OSError, ValueError) as err:
             raise DataError(f"{path} is not a readable image ({err}); remove or replace it") from err
         out[i] = torch.from_numpy(array.reshape(size[0], size[1], channels)).permute(2, 0, 1)
