@@ -17,7 +17,9 @@ from typing import Any
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
+from softcal.callbacks import LastCheckpoint
 from softcal.calibration import collect_logits, fit_temperature
 from softcal.data import ClassificationDataModule, TensorBatchLoader
 from softcal.errors import SoftcalError
@@ -25,6 +27,8 @@ from softcal.module import Classifier
 from softcal.runs import (
     atomic_torch_save,
     atomic_write_json,
+    check_checkpoint_fits,
+    checkpoint_hparams,
     latest_run_with_last,
     load_checkpoint,
 )
@@ -77,10 +81,11 @@ class SoftcalCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
         parser.set_defaults({
             "checkpoint.monitor": "val/acc",
             "checkpoint.mode": "max",
-            "checkpoint.save_last": True,
+            "checkpoint.save_last": False,  # last.ckpt is LastCheckpoint's job
             "checkpoint.filename": "best-epoch{epoch:02d}-step{step}",
             "checkpoint.auto_insert_metric_name": False,
         })  # fmt: skip
@@ -139,7 +144,15 @@ class SoftcalCLI(LightningCLI):
             refresh = self._get(self.config, "progress_refresh_rate", default=50)
             callbacks.append(TQDMProgressBar(refresh_rate=refresh))
             kwargs["callbacks"] = callbacks
-        return super().instantiate_trainer(**kwargs)
+        try:
+            return super().instantiate_trainer(**kwargs)
+        except MisconfigurationException as err:
+            # e.g. accelerator: gpu on a machine without one; Lightning's text says which.
+            first = str(err).strip().splitlines()[0]
+            raise SoftcalError(
+                f"trainer settings do not fit this machine: {first} - use"
+                " --trainer.accelerator cpu (or auto), or fewer --trainer.devices"
+            ) from err
 
 
 # --------------------------------------------------------------------------- train workflow
@@ -177,12 +190,16 @@ def train(args: list[str] | None = None) -> dict[str, Any]:
     """fit -> temperature scaling -> test; returns the results also written to results.json."""
     cli = SoftcalCLI(args)
     trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
+    if cli.resume_path:  # a checkpoint of another dataset fails here, in one line
+        check_checkpoint_fits(cli.resume_path, checkpoint_hparams(
+            load_checkpoint(cli.resume_path), cli.resume_path), datamodule)  # fmt: skip
     trainer.fit(model, datamodule=datamodule, ckpt_path=cli.resume_path)
     if trainer.interrupted:
         raise SystemExit(130)
     checkpoint = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    if not checkpoint and trainer.checkpoint_callback and trainer.checkpoint_callback.last_model_path:
-        checkpoint = trainer.checkpoint_callback.last_model_path
+    if not checkpoint:
+        last = [c for c in trainer.callbacks if isinstance(c, LastCheckpoint)]
+        checkpoint = last[0].last_model_path if last else ""
     checkpoint = trainer.strategy.broadcast(checkpoint)
     if checkpoint:
         model.load_state_dict(load_checkpoint(checkpoint)["state_dict"])

@@ -219,10 +219,13 @@ class Classifier(L.LightningModule):
             opt = torch.optim.AdamW(groups, lr=hp.lr)
         if hp.lr_schedule == "constant":
             return opt
-        total = max(int(self.trainer.estimated_stepping_batches), 2)
+        total = max(int(self.trainer.estimated_stepping_batches), 3)
         if hp.lr_schedule == "onecycle":
+            # OneCycleLR divides by its warm-up length in steps minus one: keep that >= 1 step
+            # even for the few-step runs of smoke tests.
+            pct_start = min(max(hp.warmup_fraction, 2.5 / total), 0.5)
             sched = torch.optim.lr_scheduler.OneCycleLR(
-                opt, max_lr=hp.lr, total_steps=total, pct_start=hp.warmup_fraction
+                opt, max_lr=hp.lr, total_steps=total, pct_start=pct_start
             )
         else:
             sched = torch.optim.lr_scheduler.LambdaLR(opt, _warmup_cosine(total, hp.warmup_fraction))

@@ -96,3 +96,66 @@ def latest_run_with_last(save_dir: Path, name: str) -> Path | None:
     """The newest ``save_dir/name/version_*`` holding ``checkpoints/last.ckpt``."""
     runs = [p.parent.parent for p in (save_dir / name).glob("version_*/checkpoints/last.ckpt")]
     return max(runs, key=lambda p: (p / "checkpoints" / "last.ckpt").stat().st_mtime, default=None)
+
+
+# --------------------------------------------------------------------------- using a checkpoint
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """The checkpoint a user means: a .ckpt file as given, or a run directory's best one."""
+    path = Path(path)
+    if path.is_dir():
+        return best_checkpoint(find_run_dir(path))
+    if not path.is_file():
+        raise CheckpointError(f"{path} not found; pass a .ckpt file or a run directory")
+    return path
+
+
+def checkpoint_hparams(ckpt: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """The Classifier's saved hyperparameters; a checkpoint of another model has none of ours."""
+    hparams = ckpt.get("hyper_parameters")
+    needed = ("num_classes", "in_channels", "image_size")
+    if not isinstance(hparams, dict) or any(key not in hparams for key in needed):
+        raise CheckpointError(
+            f"{path} holds no softcal Classifier hyperparameters ({', '.join(needed)});"
+            " it was not written by scripts/train.py"
+        )
+    return hparams
+
+
+def _short(names: list[str], limit: int = 6) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+def check_checkpoint_fits(
+    path: str | Path, hparams: dict[str, Any], datamodule: Any, classes: bool = True
+) -> None:
+    """Raise one CheckpointError line if the data's classes or image shape differ from the
+    checkpoint's. ``classes=False`` checks only the input shape (prediction needs no labels).
+
+    Run before loading weights: a wrong dataset would otherwise surface as a size-mismatch
+    traceback from load_state_dict, or worse, as silently meaningless numbers.
+    """
+    size = int(hparams["image_size"])
+    trained = f"{hparams['in_channels']}x{size}x{size}"
+    data_size = tuple(int(s) for s in datamodule.image_size)
+    data = f"{datamodule.in_channels}x{data_size[0]}x{data_size[1]}"
+    name = getattr(datamodule, "name", type(datamodule).__name__)
+    if trained != data:
+        raise CheckpointError(
+            f"{path} takes {trained} (channels x height x width) images but the data"
+            f" ({name}) has {data}; use the data the model was trained on (check the data.*"
+            " settings and overrides)"
+        )
+    if not classes:
+        return
+    saved_names = [str(n) for n in hparams.get("class_names") or []]
+    data_names = [str(n) for n in datamodule.class_names]
+    wrong_names = bool(saved_names) and saved_names != data_names
+    if int(hparams["num_classes"]) != len(data_names) or wrong_names:
+        raise CheckpointError(
+            f"{path} was trained on {hparams['num_classes']} classes ({_short(saved_names)}) but"
+            f" the data ({name}) has {len(data_names)} ({_short(data_names)}); its metrics on"
+            " this data would be meaningless"
+        )

@@ -1,0 +1,16 @@
+"""Benchmark softcal's training recipe and data path against the usual pipelines.
+
+    python scripts/benchmark.py                            # MNIST training + CIFAR-sized data path
+    python scripts/benchmark.py --dataset mnist            # the training comparison only
+    python scripts/benchmark.py --dataset cifar10-sample   # data path on the real CIFAR-10 PNGs
+    python scripts/benchmark.py --tiny --out /tmp/b.md     # smoke test on generated data
+
+Numbers go to docs/benchmarks.md (one section per dataset) and to the terminal.
+"""
+
+import sys
+
+from softcal.benchmark import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,11 @@
+"""Predict image files with a trained checkpoint: top-k classes, calibrated probabilities.
+
+    python scripts/predict.py --ckpt runs/mnist/version_0 digit.png
+    python scripts/predict.py --ckpt runs/mnist/version_0 my_digits/ --top-k 5 --json
+"""
+
+from softcal.errors import exit_on_user_error
+from softcal.prediction import main
+
+if __name__ == "__main__":
+    exit_on_user_error(main)()

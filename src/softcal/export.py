@@ -1,0 +1,186 @@
+"""Export a trained checkpoint as one self-contained model: images in, probabilities out.
+
+The exported graph is ``normalise -> net -> / T -> softmax``: its input is a float batch
+(N, C, H, W) with values in [0, 1] (an 8-bit image divided by 255), its output calibrated
+probabilities (N, num_classes); the batch size is free. Whoever runs it needs neither this
+package nor the dataset's mean and std.
+
+* ``onnx``: ``torch.onnx.export`` with the ``torch.export``-based exporter (the default since
+  torch 2.9; the TorchScript-based one is deprecated), checked against onnxruntime when it
+  is installed. Class names, T, mean and std are stored as metadata properties.
+* ``torchscript``: ``torch.jit.trace``, with the same facts in an extra file ``softcal.json``.
+  torch marks TorchScript as deprecated; it still loads with ``torch.jit.load``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from softcal.augment import normalize
+from softcal.errors import SoftcalError
+from softcal.prediction import InferenceModel, load_for_inference
+
+FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
+
+
+class ProbabilityModel(nn.Module):
+    """[0, 1] float images -> softmax(net(normalised images) / T).
+
+    Normalisation goes through :func:`softcal.augment.normalize` on ``images * 255``, the
+    function training applies to uint8 batches, so both see the same numbers (to float
+    rounding) for the same picture.
+    """
+
+    def __init__(
+        self, net: nn.Module, mean: Sequence[float], std: Sequence[float], temperature: float
+    ) -> None:
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32))
+        self.register_buffer("temperature", torch.tensor(float(temperature)))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = normalize(images * 255.0, self.mean, self.std)
+        logits = self.net(x).float()
+        return torch.softmax(logits / self.temperature, dim=1)
+
+
+def probability_model(inference: InferenceModel) -> ProbabilityModel:
+    """The wrapper around a loaded checkpoint, in eval mode on the CPU."""
+    dm = inference.datamodule
+    wrapper = ProbabilityModel(inference.model.net, dm.mean, dm.std, inference.temperature)
+    return wrapper.eval().cpu()
+
+
+def metadata(inference: InferenceModel) -> dict[str, Any]:
+    """What a consumer needs to read the output: classes, input layout, calibration."""
+    return {
+        "class_names": inference.class_names,
+        "input": "float32 images (N, C, H, W) in [0, 1]",
+        "input_shape": [inference.in_channels, *inference.image_size],
+        "output": "softmax probabilities (N, num_classes), temperature-scaled",
+        "temperature": inference.temperature,
+        "mean": list(inference.datamodule.mean),
+        "std": list(inference.datamodule.std),
+        "checkpoint": str(inference.checkpoint.resolve()),
+    }
+
+
+def example_batch(inference: InferenceModel, batch: int = 2) -> torch.Tensor:
+    """A random [0, 1] batch; 2 rather than 1, so the exporter cannot fix the batch at 1."""
+    generator = torch.Generator().manual_seed(0)
+    shape = (batch, inference.in_channels, *inference.image_size)
+    return torch.rand(shape, generator=generator)
+
+
+def export_onnx(module: ProbabilityModel, example: torch.Tensor, path: Path,
+                meta: dict[str, Any]) -> Path:  # fmt: skip
+    """One .onnx file (weights inside), dynamic batch dimension, metadata attached."""
+    import onnx
+
+    batch = torch.export.Dim("batch", min=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with torch.no_grad():
+        torch.onnx.export(
+            module, (example,), str(tmp), dynamo=True, external_data=False, verbose=False,
+            input_names=["images"], output_names=["probabilities"],
+            dynamic_shapes={"images": {0: batch}},
+        )  # fmt: skip
+    proto = onnx.load(str(tmp))
+    for key, value in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, json.dumps(value)
+    onnx.save(proto, str(tmp))
+    tmp.replace(path)  # a failed export never leaves half a model under the final name
+    return path
+
+
+def export_torchscript(module: ProbabilityModel, example: torch.Tensor, path: Path,
+                       meta: dict[str, Any]) -> Path:  # fmt: skip
+    """A traced TorchScript file; tracing keeps the batch dimension symbolic for these nets."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.filterwarnings("ignore", category=FutureWarning, module="torch.jit")
+        traced = torch.jit.trace(module, example)
+        torch.jit.save(traced, str(tmp), _extra_files={"softcal.json": json.dumps(meta)})
+    tmp.replace(path)
+    return path
+
+
+def onnxruntime_difference(module: ProbabilityModel, path: Path, example: torch.Tensor,
+                           batch_sizes: Sequence[int] = (1, 7)) -> float | None:  # fmt: skip
+    """Largest |onnxruntime - torch| over random batches; None without onnxruntime."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    generator = torch.Generator().manual_seed(1)
+    worst = 0.0
+    for n in batch_sizes:
+        x = torch.rand((n, *example.shape[1:]), generator=generator)
+        (got,) = session.run(None, {"images": x.numpy()})
+        with torch.no_grad():
+            want = module(x)
+        worst = max(worst, float((torch.from_numpy(got) - want).abs().max()))
+    return worst
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="export.py",
+        description="Export a checkpoint as a model from [0, 1] float images (N, C, H, W) to"
+        " calibrated softmax probabilities, normalisation and temperature inside.",
+    )
+    parser.add_argument("--ckpt", required=True, metavar="CKPT_OR_RUN_DIR",
+                        help="a .ckpt inside a run directory, or the run directory (best)")
+    parser.add_argument("--format", choices=sorted(FORMATS), default="onnx")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output file (default: <run_dir>/export/model.onnx or model.pt)")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    inference = load_for_inference(args.ckpt)
+    out = args.out or inference.run_dir / "export" / f"model{FORMATS[args.format]}"
+    module = probability_model(inference)
+    example = example_batch(inference)
+    meta = metadata(inference)
+    shape = ", ".join(str(s) for s in example.shape[1:])
+    try:
+        if args.format == "onnx":
+            export_onnx(module, example, out, meta)
+        else:
+            export_torchscript(module, example, out, meta)
+    except ImportError as err:
+        raise SoftcalError(
+            f"{args.format} export needs {err.name or 'a missing package'}; install the export"
+            " extra: pip install -e '.[export]'"
+        ) from err
+    except OSError as err:
+        raise SoftcalError(f"cannot write {out}: {err}") from err
+    if inference.temperature == 1.0:
+        print(f"warning: {inference.checkpoint.name} has no fitted temperature (T = 1); the"
+              " exported probabilities are uncalibrated", file=sys.stderr)  # fmt: skip
+    print(f"wrote {out}")
+    print(f"  input  images: float32 [batch, {shape}] in [0, 1]")
+    print(f"  output probabilities: [batch, {inference.num_classes}]"
+          f" (T = {inference.temperature:.4f} and normalisation inside)")  # fmt: skip
+    if args.format == "onnx":
+        diff = onnxruntime_difference(module, out, example)
+        if diff is not None:
+            print(f"  onnxruntime vs torch: max |difference| {diff:.2e} (batches of 1 and 7)")
+    return out

@@ -1,0 +1,305 @@
+"""The in-memory data path: batch augmentation, equality with torchvision's datasets, the
+image-folder cache, TensorBatchLoader's epochs and shards, and the benchmark's smoke run."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from softcal import formats
+from softcal.augment import augment_batch, normalize, random_crop, random_hflip
+from softcal.benchmark import write_section
+from softcal.data import (
+    CIFAR10DataModule,
+    ImageFolderDataModule,
+    MNISTDataModule,
+    TensorBatchLoader,
+)
+from softcal.synthetic import write_image_folder
+from tests.conftest import run_script
+
+
+def label_coded_images(
+    n: int, channels: int = 3, size: int = 32
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images whose every pixel is 10 + 20 * label: any mix-up of labels shows in the pixels."""
+    labels = torch.arange(n) % 10
+    images = (10 + 20 * labels).to(torch.uint8).view(n, 1, 1, 1).expand(n, channels, size, size)
+    return images.contiguous(), labels
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def shifted(image: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """``image`` moved by (dy, dx) pixels with zeros filling in: a crop of the padded image."""
+    out = torch.zeros_like(image)
+    h, w = image.shape[-2:]
+    out[..., max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = image[
+        ..., max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)
+    ]
+    return out
+
+
+# --------------------------------------------------------------------------- augmentation
+
+
+def test_augmented_batches_keep_labels_shapes_and_dtypes(cifar10_root):
+    dm = CIFAR10DataModule(root=str(cifar10_root), batch_size=32, download=False)
+    assert dm.crop_padding == 4 and dm.hflip
+    dm.splits["train"] = label_coded_images(200)
+    mean, std = torch.tensor(dm.mean).view(1, 3, 1, 1), torch.tensor(dm.std).view(1, 3, 1, 1)
+    seen = 0
+    for b, (images, labels) in enumerate(dm.train_dataloader()):
+        assert images.dtype == torch.uint8 and images.shape == (32, 3, 32, 32)
+        assert labels.dtype == torch.int64 and labels.shape == (32,)
+        x = dm.preprocess(images, train=True, generator=gen(b))
+        assert x.dtype == torch.float32 and x.shape == (32, 3, 32, 32)
+        pixels = ((x * std + mean) * 255).round().to(torch.int64)  # back to uint8 values
+        for image, label in zip(pixels, labels, strict=True):
+            values = set(image.unique().tolist()) - {0}  # 0: the crop's zero padding
+            assert values == {10 + 20 * int(label)}
+        seen += len(labels)
+    assert seen == 192  # 200 // 32 full batches; the ragged one is dropped in training
+
+
+def test_crop_and_flip_are_seeded():
+    images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
+    first = augment_batch(images, 4, True, gen(1))
+    assert torch.equal(first, augment_batch(images, 4, True, gen(1)))
+    assert not torch.equal(first, augment_batch(images, 4, True, gen(2)))
+    assert torch.equal(random_crop(images, 4, gen(3)), random_crop(images, 4, gen(3)))
+    assert not torch.equal(random_crop(images, 4, gen(3)), random_crop(images, 4, gen(4)))
+    assert torch.equal(random_hflip(images, gen(5)), random_hflip(images, gen(5)))
+    assert not torch.equal(random_hflip(images, gen(5)), random_hflip(images, gen(6)))
+    assert augment_batch(images, 0, False) is images  # nothing asked, nothing done
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_flip_mirrors_each_image_or_leaves_it(dtype):
+    images = torch.randint(0, 256, (64, 3, 8, 9)).to(dtype)
+    out = random_hflip(images, gen(0))
+    assert out.dtype == dtype and out.shape == images.shape
+    flipped = [torch.equal(o, i.flip(-1)) for o, i in zip(out, images, strict=True)]
+    kept = [torch.equal(o, i) for o, i in zip(out, images, strict=True)]
+    assert all(f or k for f, k in zip(flipped, kept, strict=True))
+    assert any(flipped) and any(kept)  # 64 fair coins: both sides come up
+
+
+@pytest.mark.parametrize("padding", [1, 4])
+def test_crop_only_shifts_by_at_most_the_padding(padding):
+    # Pixel values 1..H*W name their source position; 0 can only be padding.
+    plane = torch.arange(1, 11 * 12 + 1, dtype=torch.float32).view(1, 1, 11, 12)
+    images = plane.expand(40, 2, 11, 12).contiguous()
+    out = random_crop(images, padding, gen(0))
+    assert out.shape == images.shape and out.dtype == images.dtype
+    shifts = set()
+    for image, cropped in zip(images, out, strict=True):
+        found = [
+            (dy, dx)
+            for dy, dx in itertools.product(range(-padding, padding + 1), repeat=2)
+            if torch.equal(cropped, shifted(image, dy, dx))
+        ]
+        assert len(found) == 1, "every crop is the image moved by at most the padding"
+        shifts.add(found[0])
+    assert len(shifts) > 1  # and the shifts are random, not all the same
+
+
+def test_crop_and_flip_together_equal_crop_then_flip():
+    images = torch.randint(0, 256, (32, 3, 16, 16), dtype=torch.uint8)
+    g = gen(7)
+    expected = random_hflip(random_crop(images, 3, g), g)
+    assert torch.equal(augment_batch(images, 3, True, gen(7)), expected)
+
+
+def test_normalize_matches_the_formula_for_uint8_and_float():
+    images = torch.randint(0, 256, (4, 3, 5, 5), dtype=torch.uint8)
+    mean, std = torch.tensor([0.1, 0.5, 0.9]), torch.tensor([0.2, 0.3, 0.4])
+    expected = (images.double() / 255 - mean.double().view(1, 3, 1, 1)) / std.double().view(
+        1, 3, 1, 1
+    )
+    for x in (images, images.float()):
+        out = normalize(x, mean, std)
+        assert out.dtype == torch.float32
+        assert torch.allclose(out.double(), expected, atol=1e-5)
+    floats = images.float()
+    normalize(floats, mean, std)
+    assert torch.equal(floats, images.float())  # the input is never changed in place
+
+
+# --------------------------------------------------------------------------- same as torchvision
+
+
+def _positions(reference: torch.Tensor, images: torch.Tensor) -> list[int]:
+    """Where each of ``images`` sits in ``reference`` (matched by pixel bytes)."""
+    where = {bytes(img.numpy().tobytes()): i for i, img in enumerate(reference)}
+    assert len(where) == len(reference), "generated images must be distinct for this test"
+    return [where[bytes(img.numpy().tobytes())] for img in images]
+
+
+def _check_split_is_a_partition(dm, ref_images: torch.Tensor, ref_labels: torch.Tensor) -> None:
+    positions = []
+    for split in ("train", "val"):
+        images, labels = dm.splits[split]
+        found = _positions(ref_images, images)
+        assert torch.equal(labels, ref_labels[found])
+        positions += found
+    assert sorted(positions) == list(range(len(ref_labels)))  # every sample exactly once
+
+
+def test_mnist_tensors_equal_torchvision(mnist_root):
+    from torchvision.datasets import MNIST
+
+    dm = MNISTDataModule(root=str(mnist_root), val_size=100, download=False)
+    dm.setup()
+    for train in (True, False):
+        ref = MNIST(str(mnist_root), train=train, download=False)
+        ref_images, ref_labels = ref.data.unsqueeze(1), ref.targets
+        if train:
+            _check_split_is_a_partition(dm, ref_images, ref_labels)
+            assert len(dm.splits["val"][1]) == 100
+        else:
+            assert torch.equal(dm.splits["test"][0], ref_images)
+            assert torch.equal(dm.splits["test"][1], ref_labels)
+
+
+def test_cifar10_tensors_equal_torchvision(cifar10_root):
+    from torchvision.datasets import CIFAR10
+
+    class GeneratedCIFAR10(CIFAR10):
+        """torchvision's reader without the MD5 check of the official files."""
+
+        def _check_integrity(self) -> bool:
+            return True
+
+        def _load_meta(self) -> None:
+            self.classes = []
+
+    dm = CIFAR10DataModule(root=str(cifar10_root), val_size=50, download=False)
+    dm.setup()
+    for train in (True, False):
+        ref = GeneratedCIFAR10(str(cifar10_root), train=train, download=False)
+        ref_images = torch.from_numpy(ref.data).permute(0, 3, 1, 2)  # HWC -> CHW
+        ref_labels = torch.tensor(ref.targets)
+        if train:
+            _check_split_is_a_partition(dm, ref_images, ref_labels)
+        else:
+            assert torch.equal(dm.splits["test"][0], ref_images)
+            assert torch.equal(dm.splits["test"][1], ref_labels)
+
+
+# --------------------------------------------------------------------------- image-folder cache
+
+
+def test_image_folder_cache_is_used_then_rebuilt_when_a_file_changes(tmp_path, monkeypatch):
+    folder = write_image_folder(tmp_path / "shapes", n_train=6, n_test=3)
+    cache = Path(formats.default_cache_dir())  # the test's own, from conftest
+
+    def load() -> tuple[torch.Tensor, torch.Tensor]:
+        return ImageFolderDataModule(folder=str(folder), download=False).read_split(train=True)
+
+    images, labels = load()
+    files = list(cache.glob("imagefolder-*.pt"))
+    assert len(files) == 1
+
+    real_decode = formats.decode_images
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded although the cache holds these files")
+
+    monkeypatch.setattr(formats, "decode_images", no_decoding)
+    again, again_labels = load()
+    assert torch.equal(again, images) and torch.equal(again_labels, labels)
+
+    # The first file of the first class is sample 0; give it new pixels.
+    first_class = sorted(p for p in (folder / "train").iterdir() if p.is_dir())[0]
+    target = sorted(first_class.iterdir())[0]
+    Image.fromarray(np.full((32, 32, 3), (250, 5, 128), dtype=np.uint8)).save(target)
+    monkeypatch.setattr(formats, "decode_images", real_decode)
+    changed, changed_labels = load()
+    assert torch.equal(changed_labels, labels)
+    assert changed[0].flatten(1).unique(dim=1).T.tolist() == [[250, 5, 128]]
+    assert torch.equal(changed[1:], images[1:])
+    assert len(list(cache.glob("imagefolder-*.pt"))) == 2  # a new key for the new content
+
+
+# --------------------------------------------------------------------------- TensorBatchLoader
+
+
+def ids_loader(n: int, batch_size: int, shuffle: bool, **kwargs) -> TensorBatchLoader:
+    ids = torch.arange(n)
+    return TensorBatchLoader(ids.view(n, 1), ids, batch_size, shuffle=shuffle, **kwargs)
+
+
+def epoch_ids(loader: TensorBatchLoader) -> list[int]:
+    out = []
+    for images, labels in loader:
+        assert torch.equal(images.view(-1), labels)  # images and labels stay paired
+        out += labels.tolist()
+    return out
+
+
+def test_every_sample_once_per_epoch_and_a_new_order_each_epoch():
+    loader = ids_loader(120, 16, shuffle=True, seed=3)
+    first, second = epoch_ids(loader), epoch_ids(loader)
+    assert len(first) == len(second) == 112  # 7 full batches; the ragged rest is dropped
+    assert len(set(first)) == 112 and len(set(second)) == 112
+    assert first != second
+    assert epoch_ids(ids_loader(120, 16, shuffle=True, seed=3)) == first  # seeded
+    assert epoch_ids(ids_loader(120, 16, shuffle=True, seed=4)) != first
+    assert sorted(epoch_ids(ids_loader(120, 12, shuffle=True))) == list(range(120))
+    assert epoch_ids(ids_loader(103, 10, shuffle=False)) == list(range(103))  # eval: all, in order
+
+
+def test_shards_split_without_duplicates():
+    for shuffle, n in ((True, 121), (False, 121)):
+        shards = [
+            epoch_ids(ids_loader(n, 8, shuffle=shuffle, rank=r, world_size=3)) for r in range(3)
+        ]
+        together = [i for shard in shards for i in shard]
+        assert len(together) == len(set(together)), "no sample on two processes"
+        if shuffle:
+            assert len({len(s) for s in shards}) == 1  # the same number of steps everywhere
+        else:
+            assert sorted(together) == list(range(n))  # evaluation: nothing dropped
+
+
+# --------------------------------------------------------------------------- the benchmark
+
+
+def test_write_section_replaces_only_its_own_section(tmp_path):
+    out = tmp_path / "bench.md"
+    write_section(out, "mnist", "first mnist")
+    write_section(out, "synthetic-cifar", "cifar numbers")
+    write_section(out, "mnist", "second mnist")
+    text = out.read_text()
+    assert text.startswith("# Benchmarks")
+    assert "second mnist" in text and "first mnist" not in text and "cifar numbers" in text
+    assert text.count("<!-- benchmark:mnist -->") == 1
+
+
+def test_benchmark_tiny_runs_end_to_end(tmp_path):
+    out = tmp_path / "bench.md"
+    proc = run_script("benchmark.py", "--tiny", "--out", str(out),
+                      "--dataset", "mnist", "synthetic-cifar", timeout=180)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    text = out.read_text()
+    for expected in (
+        "## MNIST",
+        "(a) softcal",
+        "(b) tutorial",
+        "(c) bare PyTorch loop",
+        "## Data path alone",
+        "samples/s",
+        "peak RSS",
+        "load average",
+        "--tiny",
+    ):
+        assert expected in text, expected
+    assert "| (c) bare PyTorch loop | n/a" not in text  # the loop really trained
