@@ -77,3 +77,18 @@ def mnist_sized_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("mnist_sized_root")
     write_idx_dataset(root, "MNIST", n_train=6000, n_test=1000)
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_run(mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tiny MNIST-format training run (seconds), shared by the evaluate/predict tests."""
+    from softcal.cli import train
+
+    save_dir = tmp_path_factory.mktemp("runs")
+    results = train([
+        "--config", str(REPO / "configs" / "mnist.yaml"), *TINY,
+        "--trainer.limit_train_batches", "8",
+        "--data.init_args.root", str(mnist_root),
+        "--trainer.logger.init_args.save_dir", str(save_dir),
+    ])  # fmt: skip
+    return Path(results["run_dir"])

@@ -22,7 +22,7 @@ from softcal.synthetic import write_idx_dataset
 def test_mnist_from_idx_files(mnist_root):
     dm = MNISTDataModule(root=str(mnist_root), val_size=100, download=False)
     dm.setup("fit")
-    (x_train, y_train), (x_val, y_val) = dm.splits["train"], dm.splits["val"]
+    (x_train, y_train), (x_val, _) = dm.splits["train"], dm.splits["val"]
     assert x_train.shape == (500, 1, 28, 28) and x_val.shape == (100, 1, 28, 28)
     assert x_train.dtype == torch.uint8 and y_train.dtype == torch.int64
     assert "test" not in dm.splits, "the test set must not be read for fit"

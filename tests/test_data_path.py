@@ -24,9 +24,7 @@ from softcal.synthetic import write_image_folder
 from tests.conftest import run_script
 
 
-def label_coded_images(
-    n: int, channels: int = 3, size: int = 32
-) -> tuple[torch.Tensor, torch.Tensor]:
+def label_coded_images(n: int, channels: int = 3, size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
     """Images whose every pixel is 10 + 20 * label: any mix-up of labels shows in the pixels."""
     labels = torch.arange(n) % 10
     images = (10 + 20 * labels).to(torch.uint8).view(n, 1, 1, 1).expand(n, channels, size, size)
@@ -121,9 +119,7 @@ def test_crop_and_flip_together_equal_crop_then_flip():
 def test_normalize_matches_the_formula_for_uint8_and_float():
     images = torch.randint(0, 256, (4, 3, 5, 5), dtype=torch.uint8)
     mean, std = torch.tensor([0.1, 0.5, 0.9]), torch.tensor([0.2, 0.3, 0.4])
-    expected = (images.double() / 255 - mean.double().view(1, 3, 1, 1)) / std.double().view(
-        1, 3, 1, 1
-    )
+    expected = (images.double() / 255 - mean.double().view(1, 3, 1, 1)) / std.double().view(1, 3, 1, 1)
     for x in (images, images.float()):
         out = normalize(x, mean, std)
         assert out.dtype == torch.float32
@@ -259,9 +255,7 @@ def test_every_sample_once_per_epoch_and_a_new_order_each_epoch():
 
 def test_shards_split_without_duplicates():
     for shuffle, n in ((True, 121), (False, 121)):
-        shards = [
-            epoch_ids(ids_loader(n, 8, shuffle=shuffle, rank=r, world_size=3)) for r in range(3)
-        ]
+        shards = [epoch_ids(ids_loader(n, 8, shuffle=shuffle, rank=r, world_size=3)) for r in range(3)]
         together = [i for shard in shards for i in shard]
         assert len(together) == len(set(together)), "no sample on two processes"
         if shuffle:

@@ -10,25 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from softcal.cli import train
 from softcal.errors import CheckpointError
 from softcal.evaluation import evaluate_checkpoint, main, split_passthrough
 from softcal.runs import best_checkpoint
-from tests.conftest import REPO, TINY, run_script
-
-
-@pytest.fixture(scope="module")
-def tiny_run(mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One tiny MNIST-format training run (seconds), shared by this module's tests."""
-    save_dir = tmp_path_factory.mktemp("runs")
-    results = train([
-        "--config", str(REPO / "configs" / "mnist.yaml"), *TINY,
-        # 8 steps, not 4: OneCycleLR divides by zero when warm-up is exactly one step
-        "--trainer.limit_train_batches", "8",
-        "--data.init_args.root", str(mnist_root),
-        "--trainer.logger.init_args.save_dir", str(save_dir),
-    ])  # fmt: skip
-    return Path(results["run_dir"])
+from tests.conftest import run_script
 
 
 def _results(run_dir: Path) -> dict:
@@ -115,13 +100,13 @@ def _bad_truncated(run_dir: Path, tmp: Path) -> tuple[list[str], str]:
     data = best_checkpoint(run_dir).read_bytes()
     target = _copy_config(run_dir, tmp / "run") / "best.ckpt"
     target.write_bytes(data[: len(data) // 2])
-    return [str(target)], "cannot be read as a checkpoint"
+    return [str(target)], "is truncated"
 
 
 def _bad_not_a_checkpoint(run_dir: Path, tmp: Path) -> tuple[list[str], str]:
     target = _copy_config(run_dir, tmp / "run") / "notes.ckpt"
     target.write_text("these are my notes, not weights\n")
-    return [str(target)], "cannot be read as a checkpoint"
+    return [str(target)], "is not a checkpoint"
 
 
 def _bad_classes(run_dir: Path, tmp: Path) -> tuple[list[str], str]:

@@ -11,7 +11,6 @@ import pytest
 import torch
 from PIL import Image
 
-from softcal.cli import train
 from softcal.errors import CheckpointError, DataError
 from softcal.export import main as export_main
 from softcal.export import probability_model
@@ -19,21 +18,7 @@ from softcal.formats import read_idx
 from softcal.prediction import load_for_inference, predict_probabilities
 from softcal.prediction import main as predict_main
 from softcal.runs import best_checkpoint
-from tests.conftest import REPO, TINY, run_script
-
-
-@pytest.fixture(scope="module")
-def tiny_run(mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One tiny MNIST-format training run (seconds), shared by this module's tests."""
-    save_dir = tmp_path_factory.mktemp("runs")
-    results = train([
-        "--config", str(REPO / "configs" / "mnist.yaml"), *TINY,
-        # 8 steps, not 4: OneCycleLR divides by zero when warm-up is exactly one step
-        "--trainer.limit_train_batches", "8",
-        "--data.init_args.root", str(mnist_root),
-        "--trainer.logger.init_args.save_dir", str(save_dir),
-    ])  # fmt: skip
-    return Path(results["run_dir"])
+from tests.conftest import run_script
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +161,7 @@ def _truncated(run_dir: Path, tmp: Path) -> tuple[Path, str]:
     shutil.copy(run_dir / "config.yaml", tmp / "config.yaml")
     data = best_checkpoint(run_dir).read_bytes()
     (tmp / "checkpoints" / "cut.ckpt").write_bytes(data[: len(data) // 3])
-    return tmp / "checkpoints" / "cut.ckpt", "cannot be read as a checkpoint"
+    return tmp / "checkpoints" / "cut.ckpt", "is truncated"
 
 
 @pytest.mark.parametrize("script,case", [("predict.py", _truncated), ("export.py", _no_config)],

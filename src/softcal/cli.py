@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import sys
+from argparse import ArgumentError
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, TQDMProgre
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from softcal.callbacks import LastCheckpoint
 from softcal.calibration import collect_logits, fit_temperature
+from softcal.callbacks import LastCheckpoint
 from softcal.data import ClassificationDataModule, TensorBatchLoader
 from softcal.errors import SoftcalError
 from softcal.module import Classifier
@@ -68,16 +69,24 @@ class SoftcalCLI(LightningCLI):
             sys.argv[1:] = with_default_config(sys.argv[1:])
         else:
             args = with_default_config(list(args))
-        super().__init__(
-            model_class=Classifier,
-            datamodule_class=ClassificationDataModule,
-            subclass_mode_data=True,
-            run=False,
-            args=args,
-            save_config_kwargs={"overwrite": True},  # a resumed run rewrites the same file
-            parser_kwargs={"description": "Train an image classifier and measure calibration."},
-            **kwargs,
-        )
+        try:
+            super().__init__(
+                model_class=Classifier,
+                datamodule_class=ClassificationDataModule,
+                subclass_mode_data=True,
+                run=False,
+                args=args,
+                save_config_kwargs={"overwrite": True},  # a resumed run rewrites the same file
+                parser_kwargs={
+                    "description": "Train an image classifier and measure calibration.",
+                    "exit_on_error": False,  # we print one line instead of the whole usage
+                },
+                **kwargs,
+            )
+        except ArgumentError as err:
+            # jsonargparse explains unknown keys and wrong types well, over several lines.
+            detail = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+            raise SoftcalError(f"bad config or argument: {detail} (see --help)") from err
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -50,13 +51,29 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} not found; pass a .ckpt file or a run directory")
+    with open(path, "rb") as handle:
+        magic = handle.read(4)
+    if magic[:4] != b"PK\x03\x04":  # torch.save writes a zip archive
+        raise CheckpointError(
+            f"{path} is not a checkpoint (not a torch.save archive); pass a .ckpt written by"
+            " scripts/train.py"
+        )
+    if not zipfile.is_zipfile(path):  # the zip directory sits at the end: gone if cut short
+        raise CheckpointError(
+            f"{path} is truncated (its archive has no end); the run was killed while writing"
+            " it or the copy is incomplete - use another checkpoint from the run"
+        )
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for truncated or foreign files
-        reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        text = str(err)
+        if "Weights only load failed" in text:
+            reason = "it holds objects that safe loading (weights_only=True) refuses to run"
+        else:
+            reason = text.strip().splitlines()[0][:160] if text.strip() else type(err).__name__
         raise CheckpointError(
             f"{path} cannot be read as a checkpoint ({reason}); it is truncated, corrupt or"
-            " not a softcal/Lightning .ckpt file - use another checkpoint from the run"
+            " not written by softcal - use another checkpoint from the run"
         ) from err
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise CheckpointError(f"{path} is not a Lightning checkpoint (no 'state_dict' in it)")

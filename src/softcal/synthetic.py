@@ -109,7 +109,7 @@ def write_image_folder(
 
     for split, n, s in (("train", n_train, seed), ("test", n_test, seed + 1)):
         images, labels = class_images(n, len(classes), channels, size, s)
-        for i, (image, label) in enumerate(zip(images, labels)):
+        for i, (image, label) in enumerate(zip(images, labels, strict=True)):
             folder = Path(root) / split / classes[label]
             folder.mkdir(parents=True, exist_ok=True)
             pixels = image[..., 0] if channels == 1 else image
