@@ -99,6 +99,13 @@ def machine_info() -> dict[str, str]:
     }
 
 
+def load_1min() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
+
+
 def load_average() -> str:
     """``uptime``'s load averages: other users of the CPU make every number here slower."""
     try:
@@ -281,7 +288,7 @@ class PipelineResult:
     peak_rss_mib: float | None = None
     workers_pss_mib: float | None = None
     tensor_mib: float | None = None
-    notes: list[str] = field(default_factory=list)
+    load_after: float | None = None  # 1-minute load average when it finished
 
     @property
     def train_s(self) -> float:
@@ -382,6 +389,7 @@ class ScriptRun:
     acc: float | None
     peak_rss_mib: float
     log: Path
+    load_after: float | None = None
 
 
 # Runs the command and reports its wall time and peak RSS. A small interpreter in between is
@@ -853,7 +861,8 @@ def mnist_markdown(
         f"`python scripts/train.py` (default config, as a user runs it; output in a temporary run"
         f" directory): **{script.wall_s:.1f} s wall**, test accuracy"
         f" **{_fmt(script.acc and 100 * script.acc, '.2f', '%')}**, peak RSS"
-        f" {script.peak_rss_mib:.0f} MiB, exit code {script.returncode}. Start-up of a fresh"
+        f" {script.peak_rss_mib:.0f} MiB, exit code {script.returncode}, 1-minute load average"
+        f" {_fmt(script.load_after, '.2f')} when it finished. Start-up of a fresh"
         f" interpreter importing torch, torchvision and lightning: {startup_s:.1f} s."
     )
     lines += ["", "### Training", ""]
@@ -869,12 +878,12 @@ def mnist_markdown(
             ("not reached" if tta is None and r is not a else _fmt(tta, ".1f", " s")),
             _fmt(r.wall_s, ".1f", " s"), _fmt(r.peak_rss_mib, ".0f", " MiB")
             + (f" + workers {r.workers_pss_mib:.0f} MiB PSS" if r.workers_pss_mib else ""),
-            _fmt(r.tensor_mib, ".1f", " MiB"),
+            _fmt(r.tensor_mib, ".1f", " MiB"), _fmt(r.load_after, ".2f"),
         ])  # fmt: skip
     lines.append(md_table(
         ["pipeline", "train images/s", "epoch train time (s)", "median step (ms)",
          "test acc per epoch",
-         "final test acc", f"time to {target}", "wall in process", "peak RSS", "data tensors"],
+         "final test acc", f"time to {target}", "wall in process", "peak RSS", "data tensors", "load at end"],
         rows,
     ))  # fmt: skip
     lines += ["", "- (a) per-epoch test accuracy is not measured (it validates on its own"
@@ -888,7 +897,7 @@ def mnist_markdown(
               "- (c) runs once before and once after (a), same seed: the pair brackets (a)"
               " in time, so a load that drifts during the run is averaged out.",
               "- Peak RSS: this process's high-water mark, reset before each pipeline (includes"
-              " the ~interpreter, torch and Lightning already loaded)."]  # fmt: skip
+              " the interpreter, torch and Lightning already loaded)."]  # fmt: skip
     lines += ["", "### Data path alone (no model), one training epoch", ""]
     lines.append(md_table(
         ["data path", "samples/s", "epoch (s)", "one-off load (s)", "tensors in memory"],
@@ -902,6 +911,8 @@ def mnist_markdown(
     met_acc = script.acc is not None and script.acc >= TARGET_ACC and script.returncode == 0
     speedup = tta_b / script.wall_s if tta_b is not None and met_acc else None
     fair = (tta_b + startup_s) / script.wall_s if speedup is not None else None
+    a_met = a.final_acc is not None and a.final_acc >= TARGET_ACC and a.wall_s
+    in_process = tta_b / a.wall_s if tta_b is not None and a_met else None
     lines += ["", "### Comparisons and targets", ""]
     per_epoch = ", ".join(f"epoch {i + 1}: {100 * o:+.1f}%"
                           for i, o in enumerate(overhead["per_epoch"]))  # fmt: skip
@@ -919,6 +930,9 @@ def mnist_markdown(
           f"n/a: (b) {'did not reach' if tta_b is None else 'reached'} {target}, (a)"
           f" {'reached' if met_acc else 'did not reach'} it"),
          _verdict(None if speedup is None else speedup >= 1.8)],
+        [f"the same, both in this process: (b) / (a)'s fit ({_fmt(a.wall_s, '.1f', ' s')},"
+         f" final accuracy {_fmt(a.final_acc and 100 * a.final_acc, '.2f', '%')})",
+         _fmt(in_process, ".2f", "x"), "info"],
     ]  # fmt: skip
     if len(data_path) == 2:
         ratio = data_path[0].per_s / data_path[1].per_s
@@ -1014,17 +1028,22 @@ def benchmark_mnist(data_root: Path, work: Path, tiny: bool) -> str:
     startup_s = 0.0 if tiny else time_imports()  # a fresh interpreter costs seconds: not in tiny
     print("[benchmark] (a) python scripts/train.py ...", flush=True)
     script = run_train_script(data_root, recipe, work)
+    script.load_after = load_1min()
     print(f"[benchmark]     {script.wall_s:.1f} s, acc {script.acc}", flush=True)
     if script.returncode != 0:
         print(script.log.read_text()[-3000:], file=sys.stderr)
     print("[benchmark] (c) bare loop ...", flush=True)
     cs = [run_bare_loop(data_root, recipe, ", run 1 (before (a))")]
+    cs[0].load_after = load_1min()
     print("[benchmark] (a) Lightning fit in process ...", flush=True)
     a = run_softcal_fit(data_root, recipe, work)
+    a.load_after = load_1min()
     print("[benchmark] (c) bare loop, second run ...", flush=True)
     cs.append(run_bare_loop(data_root, recipe, ", run 2 (after (a))"))
+    cs[1].load_after = load_1min()
     print("[benchmark] (b) tutorial pipeline ...", flush=True)
     b = run_tutorial(data_root, recipe)
+    b.load_after = load_1min()
     print("[benchmark] data path alone ...", flush=True)
     data_path = mnist_data_path(data_root, recipe)
     machine = machine_block(info, load_before, load_average(), tiny)

@@ -40,7 +40,7 @@ class LastCheckpoint(L.Callback):
             return
         path = self._path(trainer)
         if path is not None:
-            trainer.save_checkpoint(path)
+            trainer.save_checkpoint(path, weights_only=False)  # full state: resumable
             self.last_model_path = str(path)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
