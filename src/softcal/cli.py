@@ -22,7 +22,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from softcal.calibration import collect_logits, fit_temperature
 from softcal.callbacks import LastCheckpoint
-from softcal.data import ClassificationDataModule, TensorBatchLoader
+from softcal.data import ClassificationDataModule, TensorBatchLoader, default_data_root
 from softcal.errors import SoftcalError
 from softcal.module import Classifier
 from softcal.runs import (
@@ -115,8 +115,12 @@ class SoftcalCLI(LightningCLI):
         parser.link_arguments("seed_everything", "data.init_args.split_seed")
 
     def before_instantiate_classes(self) -> None:
-        """Resolve ``--ckpt_path`` so a resumed run writes into its own run directory."""
+        """Resolve ``--ckpt_path`` so a resumed run writes into its own run directory, and the
+        data root, so the saved config.yaml names the data actually used (not ``null``)."""
         self.resume_path = self._resolve_resume(self.config.get("ckpt_path"))
+        data_args = self.config.data.get("init_args")
+        if data_args is not None and "root" in data_args and not data_args["root"]:
+            data_args["root"] = str(default_data_root().resolve())
 
     def _resolve_resume(self, ckpt_path: str | None) -> str | None:
         if not ckpt_path:
