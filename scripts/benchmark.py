@@ -10,7 +10,7 @@ Numbers go to docs/benchmarks.md (one section per dataset) and to the terminal.
 
 import sys
 
-from softcal.benchmark import main
+from softcal.bench import main
 
 if __name__ == "__main__":
     sys.exit(main())

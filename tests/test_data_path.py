@@ -13,7 +13,7 @@ from PIL import Image
 
 from softcal import formats
 from softcal.augment import augment_batch, normalize, random_crop, random_hflip
-from softcal.benchmark import write_section
+from softcal.bench.report import write_section
 from softcal.data import (
     CIFAR10DataModule,
     ImageFolderDataModule,

@@ -152,3 +152,31 @@ def test_unknown_config_key_is_rejected(tmp_path):
     proc = run_script("train.py", "--model.learning_rate", "0.1", cwd=tmp_path)
     assert proc.returncode != 0 and "learning_rate" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_gpu_overlay_runs_on_cpu_with_bf16(mnist_root, tmp_path):
+    """configs/gpu.yaml's settings (bf16-mixed, channels_last, pinned/device-resident data)
+    through the same code path on the CPU; compile is exercised separately below."""
+    results = train([
+        "--config", "configs/mnist.yaml", "--config", "configs/gpu.yaml", *TINY,
+        "--trainer.accelerator", "cpu", "--model.compile", "false",
+        "--data.init_args.root", str(mnist_root),
+        "--trainer.logger.init_args.save_dir", str(tmp_path),
+    ])  # fmt: skip
+    assert 0.0 <= results["metrics"]["test/acc"] <= 1.0
+    assert results["metrics"]["test/acc"] == results["metrics"]["test_calibrated/acc"]
+
+
+def test_compile_switch_wraps_the_net_but_checkpoints_hold_plain_weights(monkeypatch):
+    calls = []
+
+    def fake_compile(module):
+        calls.append(module)
+        return module
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    model = Classifier(compile=True)
+    model.configure_model()
+    assert calls == [model.net]
+    assert not any("_orig_mod" in key for key in model.state_dict())
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)

@@ -1,0 +1,122 @@
+"""The benchmark's command line (``python scripts/benchmark.py``): runs each dataset's
+measurements and writes its section of the results file."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from softcal.bench.data_path import benchmark_data_path, mnist_data_path
+from softcal.bench.machine import load_1min, load_average, machine_info
+from softcal.bench.pipelines import (
+    run_bare_loop,
+    run_softcal_fit,
+    run_train_script,
+    run_tutorial,
+    time_imports,
+)
+from softcal.bench.recipe import REPO, Recipe
+from softcal.bench.report import data_path_markdown, machine_block, mnist_markdown, write_section
+from softcal.synthetic import write_idx_dataset
+
+DEFAULT_OUT = REPO / "docs" / "benchmarks.md"
+DATASETS = ("mnist", "cifar10-sample", "synthetic-cifar")
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def find_data_root(explicit: str | None) -> Path:
+    """``--data-root``, else ``$SOFTCAL_DATA_ROOT``, else ``data/``, else ``../shared/data``."""
+    if explicit:
+        return Path(explicit)
+    candidates = [os.environ.get("SOFTCAL_DATA_ROOT"), "data", str(REPO / "data"),
+                  str(REPO.parent / "shared" / "data")]  # fmt: skip
+    for candidate in filter(None, candidates):
+        if (Path(candidate) / "MNIST" / "raw").is_dir():
+            return Path(candidate)
+    return Path(candidates[0] or "data")
+
+
+def benchmark_mnist(data_root: Path, work: Path, tiny: bool) -> str:
+    recipe = Recipe.from_config()
+    if tiny:
+        data_root = work / "data"
+        write_idx_dataset(data_root, "MNIST", n_train=600, n_test=200)
+        recipe = recipe.tiny()
+    info, load_before = machine_info(), load_average()
+    print(f"[benchmark] MNIST from {data_root}; load {load_before}", flush=True)
+    startup_s = 0.0 if tiny else time_imports()  # a fresh interpreter costs seconds: not in tiny
+    print("[benchmark] (a) python scripts/train.py ...", flush=True)
+    script = run_train_script(data_root, recipe, work)
+    script.load_after = load_1min()
+    print(f"[benchmark]     {script.wall_s:.1f} s, acc {script.acc}", flush=True)
+    if script.returncode != 0:
+        print(script.log.read_text()[-3000:], file=sys.stderr)
+    print("[benchmark] (c) bare loop ...", flush=True)
+    cs = [run_bare_loop(data_root, recipe, ", run 1 (before (a))")]
+    cs[0].load_after = load_1min()
+    print("[benchmark] (a) Lightning fit in process ...", flush=True)
+    a = run_softcal_fit(data_root, recipe, work)
+    a.load_after = load_1min()
+    print("[benchmark] (c) bare loop, second run ...", flush=True)
+    cs.append(run_bare_loop(data_root, recipe, ", run 2 (after (a))"))
+    cs[1].load_after = load_1min()
+    print("[benchmark] (b) tutorial pipeline ...", flush=True)
+    b = run_tutorial(data_root, recipe)
+    b.load_after = load_1min()
+    print("[benchmark] data path alone ...", flush=True)
+    data_path = mnist_data_path(data_root, recipe)
+    machine = machine_block(info, load_before, load_average(), tiny)
+    return mnist_markdown(script, startup_s, a, b, cs, data_path, machine)
+
+
+def benchmark_cifar(kind: str, data_root: Path, work: Path, tiny: bool) -> str:
+    info, load_before = machine_info(), load_average()
+    print(f"[benchmark] data path, {kind}; load {load_before}", flush=True)
+    results, probe = benchmark_data_path(kind, data_root, work, tiny)
+    machine = machine_block(info, load_before, load_average(), tiny)
+    return data_path_markdown(kind, results, probe, machine)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from softcal import bench  # its docstring describes the whole benchmark
+
+    parser = argparse.ArgumentParser(description=bench.__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--dataset",
+        nargs="+",
+        choices=DATASETS,
+        default=["mnist", "synthetic-cifar"],
+        help="mnist: the training comparison; synthetic-cifar / cifar10-sample:"
+        " the CIFAR-sized data path alone (default: mnist synthetic-cifar)",
+    )
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="a few batches of generated data: a smoke test in seconds",
+    )
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="markdown file to update")
+    parser.add_argument("--data-root", default=None,
+                        help="folder with MNIST/raw and cifar10-sample (default:"
+                             " $SOFTCAL_DATA_ROOT, data/, ../shared/data)")  # fmt: skip
+    args = parser.parse_args(argv)
+    data_root = find_data_root(args.data_root)
+    work = Path(tempfile.mkdtemp(prefix="softcal-bench-"))
+    try:
+        for kind in dict.fromkeys(args.dataset):  # each once, in the order given
+            if kind == "mnist":
+                body = benchmark_mnist(data_root, work, args.tiny)
+            else:
+                body = benchmark_cifar(kind, data_root, work, args.tiny)
+            write_section(args.out, kind, body)
+            print("\n" + body, flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"[benchmark] written to {args.out}")
+    return 0
