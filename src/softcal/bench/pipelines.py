@@ -91,11 +91,11 @@ def time_imports() -> float:
     return time.perf_counter() - start
 
 
-def run_softcal_fit(data_root: Path, recipe: Recipe, work: Path) -> PipelineResult:
+def run_softcal_fit(data_root: Path, recipe: Recipe, work: Path, run: int = 1) -> PipelineResult:
     """(a) in this process: the default recipe's fit through SoftcalCLI, epochs timed."""
     from softcal.cli import SoftcalCLI
 
-    result = PipelineResult("(a) softcal, Lightning fit")
+    result = PipelineResult(f"(a) softcal, Lightning fit, run {run}")
     start = time.perf_counter()
     with PeakMemory() as memory:
         args = ["--data.init_args.root", str(data_root),
