@@ -64,7 +64,8 @@ class TensorBatchLoader:
       training the permutation is cut to a multiple of ``world_size`` (every process must take
       the same number of steps); for evaluation nothing is dropped or duplicated, so metrics
       summed over processes equal single-process metrics.
-    * ``state_dict``/``load_state_dict`` make it resumable mid-epoch (Lightning calls them).
+    * ``state_dict``/``load_state_dict`` make it resumable mid-epoch; the datamodule's own
+      state carries them through checkpoints (see ``ClassificationDataModule.state_dict``).
     """
 
     def __init__(

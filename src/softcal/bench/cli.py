@@ -14,6 +14,7 @@ from pathlib import Path
 from softcal.bench.data_path import benchmark_data_path, mnist_data_path
 from softcal.bench.machine import load_1min, load_average, machine_info
 from softcal.bench.pipelines import (
+    paired_step_times,
     run_bare_loop,
     run_softcal_fit,
     run_train_script,
@@ -69,13 +70,16 @@ def benchmark_mnist(data_root: Path, work: Path, tiny: bool) -> str:
             print(f"[benchmark] (a) Lightning fit in process, run {round_} ...", flush=True)
             as_.append(run_softcal_fit(data_root, recipe, work / f"fit{round_}", round_))
             as_[-1].load_after = load_1min()
+    print("[benchmark] paired short runs of (c) and (a) ...", flush=True)
+    paired = paired_step_times(data_root, recipe, work, rounds=1 if tiny else 6,
+                               steps=recipe.max_batches or 160)  # fmt: skip
     print("[benchmark] (b) tutorial pipeline ...", flush=True)
     b = run_tutorial(data_root, recipe)
     b.load_after = load_1min()
     print("[benchmark] data path alone ...", flush=True)
     data_path = mnist_data_path(data_root, recipe)
     machine = machine_block(info, load_before, load_average(), tiny)
-    return mnist_markdown(script, startup_s, as_, b, cs, data_path, machine)
+    return mnist_markdown(script, startup_s, as_, b, cs, paired, data_path, machine)
 
 
 def benchmark_cifar(kind: str, data_root: Path, work: Path, tiny: bool) -> str:

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -267,3 +267,47 @@ def run_tutorial(data_root: Path, recipe: Recipe, batch_size: int = 256) -> Pipe
     result.workers_pss_mib = memory.children_peak_mib
     result.tensor_mib = tensor_mib(train_set.data, train_set.targets, test_set.data, test_set.targets)
     return result
+
+
+# --------------------------------------------------------------------------- paired A/B
+
+
+@dataclass
+class PairedSteps:
+    """Median step times of (c) and (a) in alternating short runs, one pair per round."""
+
+    bare_ms: list[float]
+    lightning_ms: list[float]
+    steps: int
+
+    @property
+    def ratios(self) -> list[float]:
+        return [a / c for a, c in zip(self.lightning_ms, self.bare_ms, strict=True)]
+
+    @property
+    def overhead(self) -> float | None:
+        """Median over rounds of (a)'s step time over its neighbouring (c)'s, minus one."""
+        ratios = sorted(self.ratios)
+        if not ratios:
+            return None
+        mid = len(ratios) // 2
+        median = ratios[mid] if len(ratios) % 2 else (ratios[mid - 1] + ratios[mid]) / 2
+        return median - 1
+
+
+def paired_step_times(
+    data_root: Path, recipe: Recipe, work: Path, rounds: int = 6, steps: int = 160
+) -> PairedSteps:
+    """Lightning's per-step overhead, measured so that this VM's noise cancels: short runs of
+    the bare loop and of the Lightning fit back to back, ``rounds`` times; each pair's ratio of
+    median step times compares two runs seconds apart, and the median over pairs drops the
+    rounds that a burst of load hit. Whole-epoch times of single runs vary by 5-10% here."""
+    short = replace(recipe, epochs=1, max_batches=steps)
+    bare, fit = [], []
+    for round_ in range(rounds):
+        c = run_bare_loop(data_root, short)
+        a = run_softcal_fit(data_root, short, work / f"paired{round_}")
+        if c.epochs and a.epochs and c.epochs[0].median_step_s and a.epochs[0].median_step_s:
+            bare.append(1000 * c.epochs[0].median_step_s)
+            fit.append(1000 * a.epochs[0].median_step_s)
+    return PairedSteps(bare, fit, steps)
