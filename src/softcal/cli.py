@@ -214,15 +214,15 @@ def train(args: list[str] | None = None) -> dict[str, Any]:
         last = [c for c in trainer.callbacks if isinstance(c, LastCheckpoint)]
         checkpoint = last[0].last_model_path if last else ""
     checkpoint = trainer.strategy.broadcast(checkpoint)
-    if checkpoint:
-        model.load_state_dict(load_checkpoint(checkpoint)["state_dict"])
+    best = load_checkpoint(checkpoint) if checkpoint else None
+    if best is not None:
+        model.load_state_dict(best["state_dict"])
     temperature = None
     if cli.config.calibrate:
         temperature = calibrate_temperature(model, datamodule)
-        if checkpoint and trainer.is_global_zero:
-            ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
-            ckpt["state_dict"]["temperature"] = torch.tensor(temperature)
-            atomic_torch_save(ckpt, checkpoint)
+        if best is not None and trainer.is_global_zero:
+            best["state_dict"]["temperature"] = torch.tensor(temperature)
+            atomic_torch_save(best, checkpoint)
     metrics = trainer.test(model, datamodule=datamodule, verbose=False)[0]
     run_dir = Path(trainer.log_dir) if trainer.log_dir else None
     results = {

@@ -23,16 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-
-from softcal.errors import CheckpointError
 from softcal.runs import (
     atomic_write_json,
     check_checkpoint_fits,
-    checkpoint_hparams,
-    find_run_dir,
-    load_checkpoint,
-    resolve_checkpoint,
+    load_weights,
+    open_run_checkpoint,
 )
 
 if TYPE_CHECKING:
@@ -141,17 +136,6 @@ def build_cli(config: Path, overrides: Sequence[str]) -> SoftcalCLI:
         return SoftcalCLI(args=args, save_config_callback=None)
 
 
-def load_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], path: Path) -> None:
-    """load_state_dict, with a mismatch (another net than config.yaml names) as one line."""
-    try:
-        model.load_state_dict(state_dict)
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()[0][:200]
-        raise CheckpointError(
-            f"the weights in {path} do not fit the net that config.yaml describes ({first});"
-            " is the config from the same run?"
-        ) from err
-
 
 def evaluate_checkpoint(
     path: str | Path, split: str = "test", overrides: Sequence[str] = ()
@@ -159,10 +143,7 @@ def evaluate_checkpoint(
     """Test one checkpoint (or a run directory's best); returns the scores and figure state."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    checkpoint = resolve_checkpoint(path)
-    ckpt = load_checkpoint(checkpoint)  # safe (weights_only) and checked before any slow work
-    hparams = checkpoint_hparams(ckpt, checkpoint)
-    run_dir = find_run_dir(checkpoint)
+    checkpoint, ckpt, hparams, run_dir = open_run_checkpoint(path)
     cli = build_cli(run_dir / "config.yaml", overrides)
     model, datamodule, trainer = cli.model, cli.datamodule, cli.trainer
     check_checkpoint_fits(checkpoint, hparams, datamodule)

@@ -27,10 +27,8 @@ from softcal.errors import CheckpointError, DataError, SoftcalError
 from softcal.formats import IMAGE_SUFFIXES, decode_images
 from softcal.runs import (
     check_checkpoint_fits,
-    checkpoint_hparams,
-    find_run_dir,
-    load_checkpoint,
-    resolve_checkpoint,
+    load_weights,
+    open_run_checkpoint,
 )
 
 if TYPE_CHECKING:
@@ -114,10 +112,7 @@ def read_run_config(config: Path) -> tuple[NetFactory, ClassificationDataModule]
 
 def load_for_inference(path: str | Path) -> InferenceModel:
     """A run directory's best checkpoint, or a .ckpt beside its run's config, ready to predict."""
-    checkpoint = resolve_checkpoint(path)
-    ckpt = load_checkpoint(checkpoint)  # weights_only: a checkpoint cannot run code
-    hparams = checkpoint_hparams(ckpt, checkpoint)
-    run_dir = find_run_dir(checkpoint)
+    checkpoint, ckpt, hparams, run_dir = open_run_checkpoint(path)
     net, datamodule = read_run_config(run_dir / "config.yaml")
     # The classes are the checkpoint's own; only the preprocessing must fit its input shape.
     check_checkpoint_fits(checkpoint, hparams, datamodule, classes=False)
@@ -126,14 +121,7 @@ def load_for_inference(path: str | Path) -> InferenceModel:
     accepted = inspect.signature(Classifier.__init__).parameters
     kwargs = {k: v for k, v in hparams.items() if k in accepted and k != "net"}
     model = Classifier(net=net, **kwargs)
-    try:
-        model.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()[0][:200]
-        raise CheckpointError(
-            f"the weights in {checkpoint} do not fit the net in {run_dir / 'config.yaml'}"
-            f" ({first}); is the config from the same run?"
-        ) from err
+    load_weights(model, ckpt["state_dict"], checkpoint)
     return InferenceModel(model.eval(), datamodule, checkpoint, run_dir)
 
 

@@ -128,6 +128,27 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return path
 
 
+def open_run_checkpoint(path: str | Path) -> tuple[Path, dict[str, Any], dict[str, Any], Path]:
+    """(checkpoint file, its contents, the Classifier's hparams, its run directory) for a run
+    directory or a .ckpt inside one; every problem is one CheckpointError line, raised before
+    any slow import."""
+    checkpoint = resolve_checkpoint(path)
+    ckpt = load_checkpoint(checkpoint)  # weights_only: a checkpoint cannot run code
+    return checkpoint, ckpt, checkpoint_hparams(ckpt, checkpoint), find_run_dir(checkpoint)
+
+
+def load_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], path: Path) -> None:
+    """load_state_dict, with a mismatch (another net than config.yaml names) as one line."""
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0][:200]
+        raise CheckpointError(
+            f"the weights in {path} do not fit the net that config.yaml describes ({first});"
+            " is the config from the same run?"
+        ) from err
+
+
 def checkpoint_hparams(ckpt: dict[str, Any], path: str | Path) -> dict[str, Any]:
     """The Classifier's saved hyperparameters; a checkpoint of another model has none of ours."""
     hparams = ckpt.get("hyper_parameters")
