@@ -194,6 +194,7 @@ class ClassificationDataModule(L.LightningDataModule):
         self.splits: dict[str, Batch] = {}
         self._train_loader: TensorBatchLoader | None = None
         self._resume_state: dict[str, int] | None = None
+        self._stats: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     # ------------------------------------------------------------------ facts for the model
     @property
@@ -311,9 +312,15 @@ class ClassificationDataModule(L.LightningDataModule):
         with batch_sized_cpu_ops(images.device):
             if train and (self.crop_padding > 0 or self.hflip):
                 images = augment_batch(images, self.crop_padding, self.hflip, generator)
-            mean = torch.tensor(self.mean, device=images.device)
-            std = torch.tensor(self.std, device=images.device)
-            return normalize(images, mean, std)
+            return normalize(images, *self._stats_on(images.device))
+
+    def _stats_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """mean and std as tensors on ``device``, made once: building them from Python floats
+        for every batch would copy host-to-GPU, and wait for it, at each step."""
+        if device not in self._stats:
+            self._stats[device] = (torch.tensor(self.mean, device=device),
+                                   torch.tensor(self.std, device=device))  # fmt: skip
+        return self._stats[device]
 
     def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
         images, labels = batch
