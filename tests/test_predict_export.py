@@ -14,8 +14,8 @@ from PIL import Image
 from softcal.errors import CheckpointError, DataError
 from softcal.export import main as export_main
 from softcal.export import probability_model
-from softcal.formats import read_idx
-from softcal.prediction import load_for_inference, predict_probabilities
+from softcal.formats import decode_images, read_idx
+from softcal.prediction import load_for_inference, predict_probabilities, read_images
 from softcal.prediction import main as predict_main
 from softcal.runs import best_checkpoint
 from tests.conftest import run_script
@@ -94,6 +94,25 @@ def test_text_output_lists_top_k_per_image(tiny_run, image_files, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("checkpoint") and "T = " in lines[0]
     assert lines[1].startswith(str(image_files["png"][0])) and lines[1].count("%") == 2
+
+
+def test_each_file_is_opened_once_for_a_grayscale_model(image_files, monkeypatch, capsys):
+    """The colour check looks at the image being decoded instead of reading the file again."""
+    files = [image_files["png"][0], image_files["jpeg"][0], *image_files["colour"]]
+    plain = decode_images([(path, 0) for path in files], 1, (28, 28))[0]
+    opened: list[Path] = []
+    real_open = Image.open
+
+    def counting_open(fp, *args, **kwargs):
+        opened.append(Path(fp))
+        return real_open(fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", counting_open)
+    images = read_images(files, 1, (28, 28))
+    assert opened == files
+    assert torch.equal(images, plain)  # looking first does not change the decoded pixels
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 2 and all("tinted" in w for w in warnings)
 
 
 def test_unreadable_image_is_a_data_error(tiny_run, tmp_path):

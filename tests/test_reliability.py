@@ -62,10 +62,21 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(mnist_root, 
     # TensorBoard: one value per validation epoch, none duplicated or missing
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    events.Reload()
-    steps = [e.step for e in events.Scalars("val/acc")]
+    def scalars(run: Path, tag: str) -> list[tuple[int, float]]:
+        events = EventAccumulator(str(run), size_guidance={"scalars": 0})
+        events.Reload()
+        return [(e.step, e.value) for e in events.Scalars(tag)]
+
+    steps = [step for step, _ in scalars(run_dir, "val/acc")]
     assert steps == sorted(set(steps)) and len(steps) == 2
+    # The interrupted epoch's training loss and accuracy cover all its batches, not only the
+    # ones after the restart: the running totals travel in the checkpoint.
+    whole_dir = tmp_path / "whole" / "mnist" / "version_0"
+    for tag in ("train/loss", "train/acc"):
+        got_values, expected_values = scalars(run_dir, tag), scalars(whole_dir, tag)
+        assert [s for s, _ in got_values] == [s for s, _ in expected_values], tag
+        for (_, value), (_, reference) in zip(got_values, expected_values, strict=True):
+            assert value == pytest.approx(reference, abs=1e-6), tag
 
 
 def test_same_seed_same_metrics_other_seed_other_split(mnist_root, tmp_path):
@@ -115,6 +126,17 @@ def test_resuming_from_a_checkpoint_of_another_dataset(mnist_root, cifar10_root,
                       "--data.init_args.root", str(cifar10_root),
                       "--trainer.logger.init_args.save_dir", str(tmp_path / "c"))  # fmt: skip
     assert "1x28x28" in _one_error_line(proc)
+
+
+def test_resuming_with_more_epochs_than_the_schedule_was_planned_for(mnist_root, tmp_path):
+    first = _train(mnist_root, tmp_path, "--trainer.max_epochs", "1")
+    assert first.returncode == 0, first.stderr[-2000:]
+    ckpt = tmp_path / "mnist" / "version_0" / "checkpoints" / "last.ckpt"
+    before = ckpt.read_bytes()
+    proc = _train(mnist_root, tmp_path, "--trainer.max_epochs", "2", "--ckpt_path", "last")
+    error = _one_error_line(proc)
+    assert "planned for 15 steps, but these settings make 30" in error, error
+    assert ckpt.read_bytes() == before, "the saved checkpoint must survive the refusal"
 
 
 def test_truncated_idx_via_the_script(tmp_path):

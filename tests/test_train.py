@@ -9,11 +9,14 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from softcal.cli import format_results, train
+from softcal.cli import format_results, train, trainer_settings_error
 from softcal.data import MNISTDataModule
+from softcal.errors import CheckpointError, SoftcalError
 from softcal.module import Classifier
 from softcal.nets import DigitCNN, ResNet
+from softcal.runs import resolve_checkpoint
 from tests.conftest import TINY, run_script
 
 
@@ -61,6 +64,40 @@ def test_fast_dev_run_on_cpu(mnist_root, tmp_path):
     assert 0.0 <= results["test/acc"] <= 1.0 and "test_calibrated/ece" in results
     predictions = trainer.predict(model, datamodule=dm)
     assert torch.allclose(predictions[0].sum(1), torch.ones(len(predictions[0])), atol=1e-5)
+
+
+def test_startup_objects_are_frozen_while_training_and_released_after(mnist_root, tmp_path):
+    import gc
+
+    from softcal.callbacks import FreezeStartupObjects
+
+    seen = []
+
+    class Probe(L.Callback):
+        def on_train_batch_start(self, *args) -> None:
+            seen.append(gc.get_freeze_count())
+
+    class Boom(L.Callback):
+        def on_train_batch_end(self, trainer, *args) -> None:
+            if trainer.current_epoch == 0 and trainer.global_step == 2 and self.armed:
+                raise RuntimeError("boom")
+
+    dm = MNISTDataModule(root=str(mnist_root), val_size=100, batch_size=32, download=False)
+    for armed in (False, True):
+        boom = Boom()
+        boom.armed = armed
+        model = Classifier(num_classes=dm.num_classes, in_channels=dm.in_channels)
+        trainer = L.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=3,
+                            limit_val_batches=1, default_root_dir=tmp_path, logger=False,
+                            enable_progress_bar=False, enable_checkpointing=False,
+                            callbacks=[FreezeStartupObjects(), Probe(), boom])  # fmt: skip
+        if armed:
+            with pytest.raises(RuntimeError, match="boom"):
+                trainer.fit(model, datamodule=dm)
+        else:
+            trainer.fit(model, datamodule=dm)
+        assert gc.get_freeze_count() == 0, "released after training, also after a crash"
+    assert seen and all(count > 10_000 for count in seen), seen
 
 
 def test_results_table_lists_raw_and_calibrated():
@@ -146,6 +183,53 @@ def test_missing_data_is_one_line_without_traceback(tmp_path):
     assert "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "MNIST not found" in errors[0] and "SOFTCAL_DATA_ROOT" in errors[0]
+
+
+def test_train_without_checkpointing_tests_the_final_weights(mnist_root, tmp_path):
+    proc = run_script(
+        "train.py", *TINY, "--trainer.limit_train_batches", "2", "--trainer.enable_checkpointing",
+        "false", "--data.init_args.root", str(mnist_root), cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "MNIST test set, final weights (no checkpoint saved)" in proc.stdout
+    run_dir = tmp_path / "runs" / "mnist" / "version_0"
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["checkpoint"] is None and 0.0 <= results["metrics"]["test/acc"] <= 1.0
+    temperature = json.loads((run_dir / "temperature.json").read_text())["temperature"]
+    assert results["temperature"] == pytest.approx(temperature)
+    assert not (run_dir / "checkpoints").exists()  # neither best-*.ckpt nor last.ckpt
+    # What needs a checkpoint says so in one line: evaluate/predict/export, and resuming.
+    with pytest.raises(CheckpointError, match="enable_checkpointing false saves none"):
+        resolve_checkpoint(run_dir)
+    with pytest.raises(SoftcalError, match="no run in .* has checkpoints/last.ckpt"):
+        train(["--ckpt_path", "last", "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
+               "--data.init_args.root", str(mnist_root)])  # fmt: skip
+
+
+def test_conflicting_trainer_settings_are_one_line_without_machine_advice(mnist_root, tmp_path):
+    """Only accelerator and device problems are told to change the accelerator."""
+    proc = run_script(
+        "train.py", *TINY, "--trainer.enable_checkpointing", "false", "--trainer.callbacks",
+        "lightning.pytorch.callbacks.ModelCheckpoint", "--data.init_args.root", str(mnist_root),
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr
+    assert errors[0].startswith("error: invalid trainer settings: Trainer was configured with")
+    assert "`enable_checkpointing=False`" in errors[0] and "accelerator" not in errors[0]
+
+
+@pytest.mark.parametrize("message", [
+    "No supported gpu backend found!",
+    "You requested gpu: [0, 1]\n But your machine only has: [0]",
+    "`CUDAAccelerator` can not run on your system since the accelerator is not available.",
+    "`Trainer(devices='0')` value is not a valid input using cpu accelerator.",
+])  # fmt: skip
+def test_device_problems_keep_the_machine_advice(message):
+    text = str(trainer_settings_error(MisconfigurationException(message)))
+    assert text.startswith("trainer settings do not fit this machine: " + message.splitlines()[0])
+    assert "--trainer.accelerator cpu" in text and "\n" not in text
 
 
 def test_unknown_config_key_is_rejected(tmp_path):

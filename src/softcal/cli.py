@@ -1,27 +1,30 @@
 """The command line: LightningCLI over the Classifier and any ClassificationDataModule.
 
 ``python scripts/train.py`` = fit, then fit a temperature on validation logits, then test the
-best checkpoint with raw and calibrated probabilities and print one table. Without ``--config``
-the default ``configs/mnist.yaml`` is used; any value can be overridden
-(``--trainer.max_epochs 3``), and the resolved config is saved in the run directory so the
-checkpoint can be evaluated later with exactly the settings that made it.
+best checkpoint (the final weights with ``--trainer.enable_checkpointing false``) with raw and
+calibrated probabilities and print one table. Without ``--config`` the default
+``configs/mnist.yaml`` is used; any value can be overridden (``--trainer.max_epochs 3``), and
+the resolved config is saved in the run directory so the checkpoint can be evaluated later with
+exactly the settings that made it.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import sys
 from argparse import ArgumentError
 from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from softcal.calibration import collect_logits, fit_temperature
-from softcal.callbacks import LastCheckpoint
+from softcal.callbacks import FreezeStartupObjects, LastCheckpoint
 from softcal.data import ClassificationDataModule, TensorBatchLoader, default_data_root
 from softcal.errors import SoftcalError
 from softcal.module import Classifier
@@ -148,24 +151,49 @@ class SoftcalCLI(LightningCLI):
             init["version"] = run_dir.name
         return str(path)
 
-    def instantiate_trainer(self, **kwargs: Any):
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         config = self._get(self.config_init, "trainer", default={})
-        callbacks = list(config.get("callbacks") or [])
+        given = config.get("callbacks") or []
+        callbacks = list(given) if isinstance(given, list) else [given]  # one may come bare
         if config.get("enable_progress_bar", True) is not False and not any(
             isinstance(c, ProgressBar) for c in callbacks
         ):
             refresh = self._get(self.config, "progress_refresh_rate", default=50)
             callbacks.append(TQDMProgressBar(refresh_rate=refresh))
-            kwargs["callbacks"] = callbacks
+        callbacks.append(FreezeStartupObjects())
+        kwargs["callbacks"] = callbacks
         try:
             return super().instantiate_trainer(**kwargs)
         except MisconfigurationException as err:
-            # e.g. accelerator: gpu on a machine without one; Lightning's text says which.
-            first = str(err).strip().splitlines()[0]
-            raise SoftcalError(
-                f"trainer settings do not fit this machine: {first} - use"
-                " --trainer.accelerator cpu (or auto), or fewer --trainer.devices"
-            ) from err
+            raise trainer_settings_error(err) from err
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
+        # checkpoint.* and last_checkpoint.* always build their callbacks; with checkpointing
+        # off they must stay out, or Lightning refuses the ModelCheckpoint (and last.ckpt
+        # would still be written). A ModelCheckpoint the user lists in trainer.callbacks stays:
+        # that is a real conflict, reported by trainer_settings_error.
+        if config.get("enable_checkpointing") is False:
+            callbacks = [c for c in callbacks if not isinstance(c, (ModelCheckpoint, LastCheckpoint))]
+        return super()._instantiate_trainer(config, callbacks)
+
+
+#: Words in Lightning's message that mark an accelerator or device problem: the only kind that
+#: "use another accelerator, or fewer devices" fixes.
+_DEVICE_WORDS = re.compile(r"accelerator|\bgpus?\b|cuda|\bmps\b|\btpu|\bdevices?\b", re.IGNORECASE)
+
+
+def trainer_settings_error(err: MisconfigurationException) -> SoftcalError:
+    """One line for a Trainer that refuses its settings; Lightning's first line names them."""
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if _DEVICE_WORDS.search(first):  # e.g. accelerator: gpu on a machine without one
+        return SoftcalError(
+            f"trainer settings do not fit this machine: {first} - use"
+            " --trainer.accelerator cpu (or auto), or fewer --trainer.devices"
+        )
+    return SoftcalError(
+        f"invalid trainer settings: {first} - change the setting it names"
+        " (--print_config shows the resolved config)"
+    )
 
 
 # --------------------------------------------------------------------------- train workflow
@@ -199,6 +227,16 @@ def format_results(results: dict[str, float], temperature: float | None, title: 
     return "\n".join(lines)
 
 
+def saved_checkpoint(trainer: Trainer) -> str:
+    """The checkpoint to calibrate and test: the best one, else last.ckpt; "" when the run
+    saved none (--trainer.enable_checkpointing false), and the weights in memory are used."""
+    checkpoint = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if not checkpoint:
+        last = [c for c in trainer.callbacks if isinstance(c, LastCheckpoint)]
+        checkpoint = last[0].last_model_path if last else ""
+    return checkpoint
+
+
 def train(args: list[str] | None = None) -> dict[str, Any]:
     """fit -> temperature scaling -> test; returns the results also written to results.json."""
     cli = SoftcalCLI(args)
@@ -209,11 +247,7 @@ def train(args: list[str] | None = None) -> dict[str, Any]:
     trainer.fit(model, datamodule=datamodule, ckpt_path=cli.resume_path)
     if trainer.interrupted:
         raise SystemExit(130)
-    checkpoint = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    if not checkpoint:
-        last = [c for c in trainer.callbacks if isinstance(c, LastCheckpoint)]
-        checkpoint = last[0].last_model_path if last else ""
-    checkpoint = trainer.strategy.broadcast(checkpoint)
+    checkpoint = trainer.strategy.broadcast(saved_checkpoint(trainer))
     best = load_checkpoint(checkpoint) if checkpoint else None
     if best is not None:
         model.load_state_dict(best["state_dict"])
@@ -237,7 +271,8 @@ def train(args: list[str] | None = None) -> dict[str, Any]:
             if temperature is not None:
                 atomic_write_json(run_dir / "temperature.json", {"temperature": temperature})
             atomic_write_json(run_dir / "results.json", results)
-        title = f"{datamodule.name} test set, checkpoint {checkpoint or '(final weights)'}"
+        tested = f"checkpoint {checkpoint}" if checkpoint else "final weights (no checkpoint saved)"
+        title = f"{datamodule.name} test set, {tested}"
         print("\n" + format_results(results["metrics"], temperature, title))
         if run_dir is not None and trainer.logger is not None:
             print(f"\nrun directory: {run_dir}  (tensorboard --logdir {run_dir.parent.parent})")

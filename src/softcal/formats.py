@@ -11,12 +11,17 @@ import gzip
 import hashlib
 import os
 import pickle
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from softcal.errors import DataError
+
+if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -134,9 +139,17 @@ def list_image_files(split_dir: Path, classes: list[str]) -> list[tuple[Path, in
 
 
 def decode_images(
-    items: list[tuple[Path, int]], channels: int, size: tuple[int, int]
+    items: list[tuple[Path, int]],
+    channels: int,
+    size: tuple[int, int],
+    check: Callable[[Path, PILImage], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode image files with PIL into (N, C, H, W) uint8, converting mode and size as needed."""
+    """Decode image files with PIL into (N, C, H, W) uint8, converting mode and size as needed.
+
+    ``check(path, image)``, if given, sees each image as stored, before any conversion: a
+    caller that needs to know what the file holds (e.g. colour content) need not open it again.
+    Its PIL errors are reported like any unreadable image.
+    """
     from PIL import Image, UnidentifiedImageError
 
     mode = "L" if channels == 1 else "RGB"
@@ -145,6 +158,8 @@ def decode_images(
     for i, (path, label) in enumerate(items):
         try:
             with Image.open(path) as img:
+                if check is not None:
+                    check(path, img)
                 img = img.convert(mode)
                 if img.size != (size[1], size[0]):
                     img = img.resize((size[1], size[0]), Image.BILINEAR)

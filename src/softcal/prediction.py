@@ -32,6 +32,8 @@ from softcal.runs import (
 )
 
 if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
+
     from softcal.data import ClassificationDataModule
     from softcal.module import Classifier, NetFactory
 
@@ -147,30 +149,27 @@ def list_image_files(paths: Sequence[str | Path]) -> list[Path]:
     return files
 
 
-def is_colour(path: Path) -> bool:
-    """Whether an image has colour content (an RGB file of grey pixels does not)."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as img:
-            if img.mode in ("1", "L", "LA", "I", "I;16", "F"):
-                return False
-            rgb = np.asarray(img.convert("RGB"), dtype=np.int16)
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise DataError(f"{path} is not a readable image ({err}); remove or replace it") from err
+def is_colour(img: PILImage) -> bool:
+    """Whether an open image has colour content (an RGB file of grey pixels does not)."""
+    if img.mode in ("1", "L", "LA", "I", "I;16", "F"):
+        return False
+    rgb = np.asarray(img.convert("RGB"), dtype=np.int16)
     spread = rgb.max(axis=2) - rgb.min(axis=2)
     return bool(spread.max() > COLOUR_TOLERANCE)
 
 
+def warn_if_colour(path: Path, img: PILImage) -> None:
+    if is_colour(img):
+        print(f"warning: {path} is a colour image; converting it to grayscale for this"
+              " 1-channel model", file=sys.stderr)  # fmt: skip
+
+
 def read_images(files: Sequence[Path], channels: int, size: tuple[int, int]) -> torch.Tensor:
     """uint8 (N, C, H, W) as an image-folder dataset would decode them, so the model sees
-    what training saw; colour images given to a grayscale model are converted with a warning."""
-    if channels == 1:
-        for path in files:
-            if is_colour(path):
-                print(f"warning: {path} is a colour image; converting it to grayscale for this"
-                      " 1-channel model", file=sys.stderr)  # fmt: skip
-    images, _ = decode_images([(path, 0) for path in files], channels, size)
+    what training saw; colour images given to a grayscale model are converted with a warning.
+    The colour check looks at the image decode_images has open: each file is read once."""
+    check = warn_if_colour if channels == 1 else None
+    images, _ = decode_images([(path, 0) for path in files], channels, size, check=check)
     return images
 
 

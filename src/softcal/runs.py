@@ -106,7 +106,10 @@ def best_checkpoint(run_dir: Path) -> Path:
     last = run_dir / "checkpoints" / "last.ckpt"
     if last.is_file():
         return last
-    raise CheckpointError(f"no checkpoint in {run_dir / 'checkpoints'}; train first or pass a .ckpt")
+    raise CheckpointError(
+        f"no checkpoint in {run_dir / 'checkpoints'}; train first (a run with"
+        " --trainer.enable_checkpointing false saves none) or pass a .ckpt"
+    )
 
 
 def latest_run_with_last(save_dir: Path, name: str) -> Path | None:

@@ -10,6 +10,10 @@ Three ways to train MNIST, measured in one run on the same machine:
 (c) a bare PyTorch loop over the same in-memory tensors with the same net, seed and batch size
     as (a): the floor that (a)'s Lightning overhead is measured against.
 
+Lightning's overhead is measured with (a) and two copies of (c) interleaved step by step in one
+process (:class:`softcal.bench.pipelines.Interleave`): timed minutes apart, two runs of the same
+loop differ by 5-10% on a shared VM, more than the overhead being measured.
+
 The data-path comparison times the data alone (no model): batches of cropped, flipped and
 normalised images from softcal's in-memory tensors vs a PIL pipeline in DataLoader workers.
 Results go to a markdown file, one section per dataset, replaced when that dataset is re-run.

@@ -9,12 +9,13 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from softcal.bench.data_path import benchmark_data_path, mnist_data_path
 from softcal.bench.machine import load_1min, load_average, machine_info
 from softcal.bench.pipelines import (
-    paired_step_times,
+    interleaved_overhead,
     run_bare_loop,
     run_softcal_fit,
     run_train_script,
@@ -22,11 +23,24 @@ from softcal.bench.pipelines import (
     time_imports,
 )
 from softcal.bench.recipe import REPO, Recipe
-from softcal.bench.report import data_path_markdown, machine_block, mnist_markdown, write_section
+from softcal.bench.report import (
+    data_path_markdown,
+    machine_block,
+    mnist_markdown,
+    recipe_markdown,
+    write_section,
+)
 from softcal.synthetic import write_idx_dataset
 
 DEFAULT_OUT = REPO / "docs" / "benchmarks.md"
-DATASETS = ("mnist", "cifar10-sample", "synthetic-cifar")
+DATASETS = ("mnist", "mnist-recipe", "cifar10-sample", "synthetic-cifar")
+
+#: The default recipe's batch size against the next smaller one, each with its peak learning
+#: rate (scaled with the batch): how configs/mnist.yaml's batch size was chosen.
+RECIPE_VARIANTS = {
+    "batch 128, lr 0.01": {"batch_size": 128, "lr": 0.01},
+    "batch 256, lr 0.02": {"batch_size": 256, "lr": 0.02},
+}
 
 
 # --------------------------------------------------------------------------- command line
@@ -44,12 +58,18 @@ def find_data_root(explicit: str | None) -> Path:
     return Path(candidates[0] or "data")
 
 
-def benchmark_mnist(data_root: Path, work: Path, tiny: bool) -> str:
-    recipe = Recipe.from_config()
-    if tiny:
-        data_root = work / "data"
+def mnist_recipe(data_root: Path, work: Path, tiny: bool) -> tuple[Path, Recipe]:
+    """The data root and recipe to run: the real ones, or generated data and a few batches."""
+    if not tiny:
+        return data_root, Recipe.from_config()
+    data_root = work / "data"
+    if not (data_root / "MNIST").is_dir():
         write_idx_dataset(data_root, "MNIST", n_train=600, n_test=200)
-        recipe = recipe.tiny()
+    return data_root, Recipe.from_config().tiny()
+
+
+def benchmark_mnist(data_root: Path, work: Path, tiny: bool) -> str:
+    data_root, recipe = mnist_recipe(data_root, work, tiny)
     info, load_before = machine_info(), load_average()
     print(f"[benchmark] MNIST from {data_root}; load {load_before}", flush=True)
     startup_s = 0.0 if tiny else time_imports()  # a fresh interpreter costs seconds: not in tiny
@@ -70,16 +90,42 @@ def benchmark_mnist(data_root: Path, work: Path, tiny: bool) -> str:
             print(f"[benchmark] (a) Lightning fit in process, run {round_} ...", flush=True)
             as_.append(run_softcal_fit(data_root, recipe, work / f"fit{round_}", round_))
             as_[-1].load_after = load_1min()
-    print("[benchmark] paired short runs of (c) and (a) ...", flush=True)
-    paired = paired_step_times(data_root, recipe, work, rounds=1 if tiny else 6,
-                               steps=recipe.max_batches or 160)  # fmt: skip
+    print("[benchmark] (a) with (c) and (c') interleaved, for the overhead ...", flush=True)
+    interleaved = interleaved_overhead(data_root, recipe, work, repeats=1 if tiny else 3)
     print("[benchmark] (b) tutorial pipeline ...", flush=True)
     b = run_tutorial(data_root, recipe)
     b.load_after = load_1min()
     print("[benchmark] data path alone ...", flush=True)
     data_path = mnist_data_path(data_root, recipe)
     machine = machine_block(info, load_before, load_average(), tiny)
-    return mnist_markdown(script, startup_s, as_, b, cs, paired, data_path, machine)
+    return mnist_markdown(script, startup_s, as_, b, cs, interleaved, data_path, machine)
+
+
+def benchmark_recipe(data_root: Path, work: Path, tiny: bool) -> str:
+    """``python scripts/train.py`` with each batch size of RECIPE_VARIANTS for three seeds,
+    alternating which goes first so drifting load spreads over both; then Lightning's
+    overhead at each batch size, interleaved as in the MNIST section."""
+    data_root, recipe = mnist_recipe(data_root, work, tiny)
+    variants = {label: replace(recipe, **changes) for label, changes in RECIPE_VARIANTS.items()}
+    seeds = (0,) if tiny else (0, 1, 2)
+    info, load_before = machine_info(), load_average()
+    runs = []
+    for seed in seeds:
+        order = list(variants.items())
+        for label, variant in order[::-1] if seed % 2 else order:
+            print(f"[benchmark] train.py, {label}, seed {seed} ...", flush=True)
+            name = f"{variant.batch_size}-seed{seed}"
+            run = run_train_script(data_root, variant, work, ["--seed_everything", str(seed)],
+                                   name=name)  # fmt: skip
+            run.load_after = load_1min()
+            runs.append((label, seed, run))
+    overheads = {}
+    for label, variant in variants.items():
+        print(f"[benchmark] {label}: (a) with (c) and (c') interleaved ...", flush=True)
+        overheads[label] = interleaved_overhead(data_root, variant, work / f"inter{variant.batch_size}",
+                                                repeats=1 if tiny else 3)  # fmt: skip
+    machine = machine_block(info, load_before, load_average(), tiny)
+    return recipe_markdown(runs, overheads, machine)
 
 
 def benchmark_cifar(kind: str, data_root: Path, work: Path, tiny: bool) -> str:
@@ -99,8 +145,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         nargs="+",
         choices=DATASETS,
         default=["mnist", "synthetic-cifar"],
-        help="mnist: the training comparison; synthetic-cifar / cifar10-sample:"
-        " the CIFAR-sized data path alone (default: mnist synthetic-cifar)",
+        help="mnist: the training comparison; mnist-recipe: the default recipe's batch size"
+        " against a smaller one, 3 seeds; synthetic-cifar / cifar10-sample: the CIFAR-sized"
+        " data path alone (default: mnist synthetic-cifar)",
     )
     parser.add_argument(
         "--tiny",
@@ -118,6 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for kind in dict.fromkeys(args.dataset):  # each once, in the order given
             if kind == "mnist":
                 body = benchmark_mnist(data_root, work, args.tiny)
+            elif kind == "mnist-recipe":
+                body = benchmark_recipe(data_root, work, args.tiny)
             else:
                 body = benchmark_cifar(kind, data_root, work, args.tiny)
             write_section(args.out, kind, body)

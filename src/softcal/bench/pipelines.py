@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback
 from torch import nn
 
 from softcal.bench.machine import PeakMemory, auto_device, sync, tensor_mib
@@ -43,6 +45,7 @@ class ScriptRun:
     peak_rss_mib: float
     log: Path
     load_after: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)  # results.json's test metrics
 
 
 # Runs the command and reports its wall time and peak RSS. A small interpreter in between is
@@ -69,17 +72,20 @@ def time_command(command: Sequence[str], env: dict[str, str], log: Path) -> tupl
     return measured["wall_s"], measured["rc"], measured["peak_kib"] / 1024
 
 
-def run_train_script(data_root: Path, recipe: Recipe, work: Path) -> ScriptRun:
-    """(a) as a user runs it: ``python scripts/train.py`` with the default config."""
-    save_dir = work / "runs-script"
-    args = ["--trainer.logger.init_args.save_dir", str(save_dir), *recipe.cli_overrides()]
+def run_train_script(
+    data_root: Path, recipe: Recipe, work: Path, extra: Sequence[str] = (), name: str = "script"
+) -> ScriptRun:
+    """(a) as a user runs it: ``python scripts/train.py`` with the default config (plus
+    ``extra`` arguments); its run directory and log go to ``work/runs-<name>``."""
+    save_dir = work / f"runs-{name}"
+    args = ["--trainer.logger.init_args.save_dir", str(save_dir), *recipe.cli_overrides(), *extra]
     env = {**os.environ, "SOFTCAL_DATA_ROOT": str(data_root)}
-    log = work / "train-script.log"
+    log = work / f"train-{name}.log"
     wall, rc, peak = time_command([sys.executable, str(REPO / "scripts" / "train.py"), *args], env, log)
-    acc = None
+    metrics: dict[str, float] = {}
     for results in save_dir.glob("*/version_*/results.json"):
-        acc = json.loads(results.read_text())["metrics"].get("test/acc")
-    return ScriptRun(wall, rc, acc, peak, log)
+        metrics = json.loads(results.read_text())["metrics"]
+    return ScriptRun(wall, rc, metrics.get("test/acc"), peak, log, metrics=metrics)
 
 
 def time_imports() -> float:
@@ -91,7 +97,9 @@ def time_imports() -> float:
     return time.perf_counter() - start
 
 
-def run_softcal_fit(data_root: Path, recipe: Recipe, work: Path, run: int = 1) -> PipelineResult:
+def run_softcal_fit(
+    data_root: Path, recipe: Recipe, work: Path, run: int = 1, callbacks: Sequence[Callback] = ()
+) -> PipelineResult:
     """(a) in this process: the default recipe's fit through SoftcalCLI, epochs timed."""
     from softcal.cli import SoftcalCLI
 
@@ -103,7 +111,7 @@ def run_softcal_fit(data_root: Path, recipe: Recipe, work: Path, run: int = 1) -
                 *recipe.cli_overrides()]  # fmt: skip
         cli = SoftcalCLI(args)
         timer = EpochTimer(start=start)
-        cli.trainer.callbacks.append(timer)
+        cli.trainer.callbacks.extend([timer, *callbacks])
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
         result.wall_s = time.perf_counter() - start
         dm, model = cli.datamodule, cli.model
@@ -120,63 +128,89 @@ def run_softcal_fit(data_root: Path, recipe: Recipe, work: Path, run: int = 1) -
 # --------------------------------------------------------------------------- (c) bare loop
 
 
-def run_bare_loop(data_root: Path, recipe: Recipe, name: str = "") -> PipelineResult:
-    """(c) the same net, data, seed, batch size and schedule as (a), with no Lightning."""
-    result = PipelineResult(f"(c) bare PyTorch loop{name}")
-    device = auto_device()
-    start = time.perf_counter()
-    with PeakMemory() as memory:
-        dm = MNISTDataModule(root=str(data_root), val_size=recipe.val_size, split_seed=recipe.seed,
-                             download=False)  # fmt: skip
+class BareLoop:
+    """(c): the same net, data, seed, batch size and schedule as (a), with no Lightning.
+
+    Driven one step at a time, so the interleaved measurement can run it between Lightning's
+    steps; :func:`run_bare_loop` drives it alone.
+    """
+
+    def __init__(self, data_root: Path, recipe: Recipe) -> None:
+        self.device = device = auto_device()
+        self.dm = dm = MNISTDataModule(root=str(data_root), val_size=recipe.val_size,
+                                       split_seed=recipe.seed, download=False)  # fmt: skip
         dm.setup()
         torch.manual_seed(recipe.seed)
-        net = DigitCNN(1, 10, 28, recipe.widths).to(device)
-        layout = torch.channels_last if recipe.channels_last else torch.contiguous_format
-        net = net.to(memory_format=layout)
+        self.layout = torch.channels_last if recipe.channels_last else torch.contiguous_format
+        self.net = net = DigitCNN(1, 10, 28, recipe.widths).to(device).to(memory_format=self.layout)
         # As Classifier.configure_optimizers: no weight decay on BatchNorm parameters or biases.
         decay = [p for p in net.parameters() if p.ndim > 1]
         no_decay = [p for p in net.parameters() if p.ndim <= 1]
         groups = [{"params": decay, "weight_decay": recipe.weight_decay},
                   {"params": no_decay, "weight_decay": 0.0}]  # fmt: skip
-        optimizer = torch.optim.AdamW(groups, lr=recipe.lr)
-        loader = TensorBatchLoader(*dm.splits["train"], recipe.batch_size, shuffle=True,
-                                   seed=recipe.seed)  # fmt: skip
-        steps = len(loader) if recipe.max_batches is None else min(len(loader), recipe.max_batches)
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=recipe.lr, total_steps=max(recipe.epochs * steps, 2),
+        self.optimizer = torch.optim.AdamW(groups, lr=recipe.lr)
+        self.loader = TensorBatchLoader(*dm.splits["train"], recipe.batch_size, shuffle=True,
+                                        seed=recipe.seed)  # fmt: skip
+        n = len(self.loader)
+        self.steps = n if recipe.max_batches is None else min(n, recipe.max_batches)
+        self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            self.optimizer, max_lr=recipe.lr, total_steps=max(recipe.epochs * self.steps, 2),
             pct_start=recipe.warmup_fraction,
         )  # fmt: skip
+        self.eval_batch_size = recipe.eval_batch_size
+        self._batches: Iterator[tuple[torch.Tensor, torch.Tensor]] = iter(())
 
-        def forward(x: torch.Tensor) -> torch.Tensor:
-            return net(x.contiguous(memory_format=layout))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.contiguous(memory_format=self.layout))
 
+    def start_epoch(self) -> None:
+        self.net.train()
+        self._batches = iter(self.loader)
+
+    def step(self) -> int:
+        """One optimizer step on the next batch; returns its number of samples."""
+        images, labels = next(self._batches)
+        images, labels = images.to(self.device), labels.to(self.device)
+        loss = F.cross_entropy(self.forward(self.dm.preprocess(images, train=True)), labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        return len(labels)
+
+    def test_accuracy(self) -> float:
+        self.net.eval()
+        return accuracy(self.forward, self.dm.preprocess, *self.dm.splits["test"],
+                        self.eval_batch_size, self.device)  # fmt: skip
+
+    def tensor_mib(self) -> float:
+        return tensor_mib(*(t for split in self.dm.splits.values() for t in split))
+
+
+def run_bare_loop(data_root: Path, recipe: Recipe, name: str = "") -> PipelineResult:
+    """(c) alone: every epoch timed from its first batch to its last optimizer step, then
+    evaluated on the test set."""
+    result = PipelineResult(f"(c) bare PyTorch loop{name}")
+    start = time.perf_counter()
+    with PeakMemory() as memory:
+        loop = BareLoop(data_root, recipe)
         for _ in range(recipe.epochs):
-            net.train()
-            sync(device)
+            sync(loop.device)
             t0, samples = time.perf_counter(), 0
             marks = [t0]
-            for b, (images, labels) in enumerate(loader):
-                if b == steps:
-                    break
-                images, labels = images.to(device), labels.to(device)
-                loss = F.cross_entropy(forward(dm.preprocess(images, train=True)), labels)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                samples += len(labels)
+            loop.start_epoch()
+            for _ in range(loop.steps):
+                samples += loop.step()
                 marks.append(time.perf_counter())
-            sync(device)
+            sync(loop.device)
             train_s = time.perf_counter() - t0
-            net.eval()
-            acc = accuracy(forward, dm.preprocess, *dm.splits["test"], recipe.eval_batch_size,
-                           device)  # fmt: skip
+            acc = loop.test_accuracy()
             at = time.perf_counter() - start
             result.epochs.append(EpochTiming(train_s, samples, acc, at, median_interval(marks)))
     result.final_acc = result.epochs[-1].test_acc if result.epochs else None
     result.wall_s = time.perf_counter() - start
     result.peak_rss_mib = memory.peak_mib
-    result.tensor_mib = tensor_mib(*(t for split in dm.splits.values() for t in split))
+    result.tensor_mib = loop.tensor_mib()
     return result
 
 
@@ -269,45 +303,130 @@ def run_tutorial(data_root: Path, recipe: Recipe, batch_size: int = 256) -> Pipe
     return result
 
 
-# --------------------------------------------------------------------------- paired A/B
+# --------------------------------------------------------------------------- interleaved
 
 
 @dataclass
-class PairedSteps:
-    """Median step times of (c) and (a) in alternating short runs, one pair per round."""
+class InterleavedEpoch:
+    """One training epoch of (a) with two bare loops stepping between its steps."""
 
-    bare_ms: list[float]
-    lightning_ms: list[float]
+    lightning_s: float  # (a): epoch start .. validation start, minus the bare steps inside
+    bare_s: tuple[float, float]  # (c) and (c'): their epoch start plus all their steps
     steps: int
+    lightning_step_ms: float  # medians, first 10% of the steps skipped (warm-up)
+    bare_step_ms: tuple[float, float]
 
     @property
-    def ratios(self) -> list[float]:
-        return [a / c for a, c in zip(self.lightning_ms, self.bare_ms, strict=True)]
+    def overhead(self) -> float:
+        """(a)'s epoch over the mean of the two bare loops', minus one."""
+        return self.lightning_s / (sum(self.bare_s) / 2) - 1
 
     @property
-    def overhead(self) -> float | None:
-        """Median over rounds of (a)'s step time over its neighbouring (c)'s, minus one."""
-        ratios = sorted(self.ratios)
-        if not ratios:
-            return None
-        mid = len(ratios) // 2
-        median = ratios[mid] if len(ratios) % 2 else (ratios[mid - 1] + ratios[mid]) / 2
-        return median - 1
+    def control(self) -> float:
+        """(c') over (c), minus one: the same loop twice, so this is the method's own noise."""
+        return self.bare_s[1] / self.bare_s[0] - 1
 
 
-def paired_step_times(
-    data_root: Path, recipe: Recipe, work: Path, rounds: int = 6, steps: int = 160
-) -> PairedSteps:
-    """Lightning's per-step overhead, measured so that this VM's noise cancels: short runs of
-    the bare loop and of the Lightning fit back to back, ``rounds`` times; each pair's ratio of
-    median step times compares two runs seconds apart, and the median over pairs drops the
-    rounds that a burst of load hit. Whole-epoch times of single runs vary by 5-10% here."""
-    short = replace(recipe, epochs=1, max_batches=steps)
-    bare, fit = [], []
-    for round_ in range(rounds):
-        c = run_bare_loop(data_root, short)
-        a = run_softcal_fit(data_root, short, work / f"paired{round_}")
-        if c.epochs and a.epochs and c.epochs[0].median_step_s and a.epochs[0].median_step_s:
-            bare.append(1000 * c.epochs[0].median_step_s)
-            fit.append(1000 * a.epochs[0].median_step_s)
-    return PairedSteps(bare, fit, steps)
+@dataclass
+class InterleavedRun:
+    epochs: list[InterleavedEpoch]
+    lightning_acc: float | None
+    bare_acc: tuple[float, float]
+
+
+class Interleave(Callback):
+    """Runs one step of each bare loop after every Lightning training step, in this process.
+
+    Two pipelines timed minutes apart on a shared VM differ by 5-10% from load alone; stepped
+    alternately, every burst of load falls on both within milliseconds. (a)'s time is its
+    epoch's wall time minus the time spent inside the bare steps; a bare step runs between
+    device syncs so GPU work is charged to the loop that queued it.
+    """
+
+    def __init__(self, loops: Sequence[BareLoop]) -> None:
+        self.loops = loops
+        self.epochs: list[InterleavedEpoch] = []
+        self._open = False
+
+    def _run_bare(self, device: torch.device, action: str) -> None:
+        for i, loop in enumerate(self.loops):
+            sync(device)
+            t0 = time.perf_counter()
+            getattr(loop, action)()
+            sync(loop.device)
+            took = time.perf_counter() - t0
+            self._bare[i].append(took)
+            self._inside_now += took
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._bare: list[list[float]] = [[] for _ in self.loops]
+        self._inside_now = 0.0
+        self._starts: list[float] = []
+        self._inside: list[float] = []  # bare time inside each Lightning step's interval
+        sync(pl_module.device)
+        self._t0 = time.perf_counter()
+        self._run_bare(pl_module.device, "start_epoch")
+        self._open = True
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:  # fmt: skip
+        self._starts.append(time.perf_counter())
+        self._inside.append(self._inside_now)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           outputs: Any, batch: Any, batch_idx: int) -> None:  # fmt: skip
+        self._run_bare(pl_module.device, "step")
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._close(pl_module)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._close(pl_module)
+
+    def _close(self, pl_module: L.LightningModule) -> None:
+        if not self._open:
+            return
+        self._open = False
+        sync(pl_module.device)
+        wall = time.perf_counter() - self._t0
+        starts = [*self._starts, self._t0 + wall]
+        inside = [*self._inside, self._inside_now]
+        # Step k of (a): from its batch-start hook to the next one, minus the bare steps between.
+        steps = [(starts[k + 1] - starts[k]) - (inside[k + 1] - inside[k])
+                 for k in range(len(self._starts))]  # fmt: skip
+        skip = len(steps) // 10
+        bare_steps = [times[1:] for times in self._bare]  # [0] is start_epoch
+        self.epochs.append(InterleavedEpoch(
+            lightning_s=wall - self._inside_now,
+            bare_s=(sum(self._bare[0]), sum(self._bare[1])),
+            steps=len(steps),
+            lightning_step_ms=1000 * statistics.median(steps[skip:]),
+            bare_step_ms=(1000 * statistics.median(bare_steps[0][skip:]),
+                          1000 * statistics.median(bare_steps[1][skip:])),
+        ))  # fmt: skip
+
+
+def interleaved_overhead(
+    data_root: Path, recipe: Recipe, work: Path, repeats: int = 3
+) -> list[InterleavedRun]:
+    """Lightning's overhead per training epoch: (a)'s fit with the two bare loops (c) and (c')
+    stepping between its steps, the whole recipe long, ``repeats`` times (each fit in a fresh
+    set of objects; a collection of the garbage of the last one can land in any of them).
+    (c') against (c) is the control: the same code twice, so its difference is what the method
+    cannot resolve."""
+    runs = []
+    for repeat in range(repeats):
+        loops = (BareLoop(data_root, recipe), BareLoop(data_root, recipe))
+        interleave = Interleave(loops)
+        a = run_softcal_fit(data_root, recipe, work / f"interleaved{repeat}", callbacks=[interleave])
+        accs = (loops[0].test_accuracy(), loops[1].test_accuracy())
+        runs.append(InterleavedRun(interleave.epochs, a.final_acc, accs))
+    return runs
+
+
+def median_per_epoch(runs: Sequence[InterleavedRun], measure: str = "overhead") -> list[float]:
+    """Each epoch's median over the repeats of an InterleavedEpoch property."""
+    n_epochs = min((len(run.epochs) for run in runs), default=0)
+    return [statistics.median(getattr(run.epochs[k], measure) for run in runs)
+            for k in range(n_epochs)]  # fmt: skip

@@ -66,17 +66,18 @@ class Recipe:
 
     def cli_overrides(self) -> list[str]:
         """Arguments that make the CLI run this recipe where it differs from the config."""
-        if self.max_batches is None:
-            return []
-        return [
-            "--trainer.max_epochs", str(self.epochs),
-            "--trainer.limit_train_batches", str(self.max_batches),
-            "--trainer.enable_model_summary", "false",
-            "--data.init_args.batch_size", str(self.batch_size),
-            "--data.init_args.eval_batch_size", str(self.eval_batch_size),
-            "--data.init_args.val_size", str(self.val_size),
-            "--model.log_figures", "false",
-        ]  # fmt: skip
+        config = Recipe.from_config()
+        flags = {"epochs": "--trainer.max_epochs", "batch_size": "--data.init_args.batch_size",
+                 "eval_batch_size": "--data.init_args.eval_batch_size",
+                 "val_size": "--data.init_args.val_size", "lr": "--model.lr"}  # fmt: skip
+        args = []
+        for name, flag in flags.items():
+            if getattr(self, name) != getattr(config, name):
+                args += [flag, str(getattr(self, name))]
+        if self.max_batches is not None:
+            args += ["--trainer.limit_train_batches", str(self.max_batches),
+                     "--trainer.enable_model_summary", "false", "--model.log_figures", "false"]  # fmt: skip
+        return args
 
 
 # --------------------------------------------------------------------------- results
