@@ -289,6 +289,7 @@ def test_benchmark_tiny_runs_end_to_end(tmp_path):
     for expected in (
         "## MNIST",
         "## MNIST recipe: batch size",
+        "| batch 256, lr 0.02, --keep_freed_memory false | 0 |",
         "| batch 256, lr 0.02 | 0 |",
         "(a) softcal",
         "(b) tutorial",

@@ -100,6 +100,20 @@ def test_startup_objects_are_frozen_while_training_and_released_after(mnist_root
     assert seen and all(count > 10_000 for count in seen), seen
 
 
+def test_freed_memory_is_kept_unless_switched_off(mnist_root, monkeypatch):
+    import softcal.cli
+    from softcal.allocator import keep_freed_memory
+
+    assert keep_freed_memory() is True  # glibc on Linux takes both thresholds
+    calls = []
+    monkeypatch.setattr(softcal.cli, "keep_freed_memory", lambda: calls.append(1) or True)
+    base = ["--data.init_args.root", str(mnist_root), "--trainer.logger", "false"]
+    softcal.cli.SoftcalCLI(base)
+    assert calls == [1]
+    softcal.cli.SoftcalCLI([*base, "--keep_freed_memory", "false"])
+    assert calls == [1]
+
+
 def test_results_table_lists_raw_and_calibrated():
     table = format_results({"test/acc": 0.99, "test/ece": 0.02, "test_calibrated/acc": 0.99,
                             "test_calibrated/ece": 0.01, "test/nll": 0.05}, 1.5, "title")  # fmt: skip

@@ -23,6 +23,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar, 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
+from softcal.allocator import keep_freed_memory
 from softcal.calibration import collect_logits, fit_temperature
 from softcal.callbacks import FreezeStartupObjects, LastCheckpoint
 from softcal.data import ClassificationDataModule, TensorBatchLoader, default_data_root
@@ -108,6 +109,9 @@ class SoftcalCLI(LightningCLI):
                             help="fit a temperature on validation logits after training")  # fmt: skip
         parser.add_argument("--progress_refresh_rate", type=int, default=50,
                             help="progress bar updates every N steps (each costs time)")  # fmt: skip
+        parser.add_argument("--keep_freed_memory", type=bool, default=True,
+                            help="keep freed memory in the C heap for the next step instead of"
+                                 " mapping it afresh (glibc; see softcal.allocator)")  # fmt: skip
         # The data knows its classes and image shape; the model is told, never configured twice.
         for source, target in (("num_classes", "num_classes"), ("in_channels", "in_channels"),
                                ("class_names", "class_names")):  # fmt: skip
@@ -121,6 +125,8 @@ class SoftcalCLI(LightningCLI):
         """Resolve ``--ckpt_path`` so a resumed run writes into its own run directory, and the
         data root, so the saved config.yaml names the data actually used (not ``null``)."""
         self.resume_path = self._resolve_resume(self.config.get("ckpt_path"))
+        if self.config.get("keep_freed_memory", True):
+            keep_freed_memory()  # before the datasets and the net allocate anything
         data_args = self.config.data.get("init_args")
         if data_args is not None and "root" in data_args and not data_args["root"]:
             data_args["root"] = str(default_data_root().resolve())

@@ -11,7 +11,9 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
+from softcal.allocator import keep_freed_memory
 from softcal.bench.data_path import benchmark_data_path, mnist_data_path
 from softcal.bench.machine import load_1min, load_average, machine_info
 from softcal.bench.pipelines import (
@@ -36,10 +38,13 @@ DEFAULT_OUT = REPO / "docs" / "benchmarks.md"
 DATASETS = ("mnist", "mnist-recipe", "cifar10-sample", "synthetic-cifar")
 
 #: The default recipe's batch size against the next smaller one, each with its peak learning
-#: rate (scaled with the batch): how configs/mnist.yaml's batch size was chosen.
-RECIPE_VARIANTS = {
-    "batch 128, lr 0.01": {"batch_size": 128, "lr": 0.01},
-    "batch 256, lr 0.02": {"batch_size": 256, "lr": 0.02},
+#: rate (scaled with the batch): how configs/mnist.yaml's batch size was chosen. The last one is
+#: the default with glibc's own malloc thresholds (softcal.allocator switched off).
+RECIPE_VARIANTS: dict[str, tuple[dict[str, Any], list[str]]] = {
+    "batch 128, lr 0.01": ({"batch_size": 128, "lr": 0.01}, []),
+    "batch 256, lr 0.02": ({"batch_size": 256, "lr": 0.02}, []),
+    "batch 256, lr 0.02, --keep_freed_memory false": (
+        {"batch_size": 256, "lr": 0.02}, ["--keep_freed_memory", "false"]),
 }
 
 
@@ -102,25 +107,27 @@ def benchmark_mnist(data_root: Path, work: Path, tiny: bool) -> str:
 
 
 def benchmark_recipe(data_root: Path, work: Path, tiny: bool) -> str:
-    """``python scripts/train.py`` with each batch size of RECIPE_VARIANTS for three seeds,
-    alternating which goes first so drifting load spreads over both; then Lightning's
-    overhead at each batch size, interleaved as in the MNIST section."""
+    """``python scripts/train.py`` with each of RECIPE_VARIANTS for three seeds, alternating
+    the order so drifting load spreads over all; then Lightning's overhead at each batch size,
+    interleaved as in the MNIST section."""
     data_root, recipe = mnist_recipe(data_root, work, tiny)
-    variants = {label: replace(recipe, **changes) for label, changes in RECIPE_VARIANTS.items()}
+    variants = {label: (replace(recipe, **changes), extra)
+                for label, (changes, extra) in RECIPE_VARIANTS.items()}  # fmt: skip
     seeds = (0,) if tiny else (0, 1, 2)
     info, load_before = machine_info(), load_average()
     runs = []
     for seed in seeds:
         order = list(variants.items())
-        for label, variant in order[::-1] if seed % 2 else order:
+        for i, (label, (variant, extra)) in enumerate(order[::-1] if seed % 2 else order):
             print(f"[benchmark] train.py, {label}, seed {seed} ...", flush=True)
-            name = f"{variant.batch_size}-seed{seed}"
-            run = run_train_script(data_root, variant, work, ["--seed_everything", str(seed)],
-                                   name=name)  # fmt: skip
+            run = run_train_script(data_root, variant, work, [*extra, "--seed_everything", str(seed)],
+                                   name=f"variant{i}-seed{seed}")  # fmt: skip
             run.load_after = load_1min()
             runs.append((label, seed, run))
     overheads = {}
-    for label, variant in variants.items():
+    for label, (variant, extra) in variants.items():
+        if extra:  # a process-wide setting: the interleaved loops would share it
+            continue
         print(f"[benchmark] {label}: (a) with (c) and (c') interleaved ...", flush=True)
         overheads[label] = interleaved_overhead(data_root, variant, work / f"inter{variant.batch_size}",
                                                 repeats=1 if tiny else 3)  # fmt: skip
@@ -159,6 +166,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="folder with MNIST/raw and cifar10-sample (default:"
                              " $SOFTCAL_DATA_ROOT, data/, ../shared/data)")  # fmt: skip
     args = parser.parse_args(argv)
+    # As train.py does for itself (softcal.allocator): applied to this whole process, so the
+    # bare loop, the tutorial pipeline and its forked workers run with the same malloc settings.
+    keep_freed_memory()
     data_root = find_data_root(args.data_root)
     work = Path(tempfile.mkdtemp(prefix="softcal-bench-"))
     try:

@@ -33,6 +33,8 @@ def _verdict(ok: bool | None) -> str:
 def machine_block(info: dict[str, str], load_before: str, load_after: str, tiny: bool) -> str:
     lines = [f"- {key}: {value}" for key, value in info.items()]
     lines.append(f"- load average before: {load_before}; after: {load_after}")
+    lines.append("- malloc: freed memory kept in the heap (`softcal.allocator`), for every pipeline"
+                 " in this process and for `train.py`")  # fmt: skip
     if tiny:
         lines.append("- **--tiny smoke run on a few batches of generated data: the numbers mean"
                      " nothing**")  # fmt: skip
@@ -225,10 +227,11 @@ def recipe_markdown(
     def pct(value: float | None, spec: str = ".2f") -> str:
         return _fmt(None if value is None else 100 * value, spec, "%")
 
-    lines = ["## MNIST recipe: batch size of the default config", "", machine, "",
+    lines = ["## MNIST recipe: batch size and malloc settings of the default config", "", machine, "",
              "`python scripts/train.py` as a user runs it (start-up, training, temperature"
-             " fit and test included), each batch size with its peak learning rate, three"
-             " seeds, alternating which runs first.", ""]  # fmt: skip
+             " fit and test included): each batch size with its peak learning rate, and the"
+             " default with glibc's own malloc thresholds (`--keep_freed_memory false`); three"
+             " seeds, the order reversed every other seed.", ""]  # fmt: skip
     lines.append(md_table(
         ["recipe", "seed", "wall (s)", "test acc", "test ECE (T = 1)", "exit code", "load at end"],
         [[label, str(seed), f"{r.wall_s:.1f}", pct(r.acc), pct(r.metrics.get("test/ece")),
