@@ -9,9 +9,8 @@ freed blocks in the heap, where the next step finds them.
 
 Measured on the 2-core CPU (docs/benchmarks.md, MNIST recipe section): the default
 ``python scripts/train.py`` took 28.7 s without and 22.9 s with it (mean of 3 seeds), with
-identical results. The cost is
-memory: the process keeps its peak heap instead of shrinking between steps. Linux with glibc
-only; elsewhere (macOS, musl) nothing changes.
+identical results. The cost is memory: the process keeps its peak heap instead of shrinking
+between steps. Linux with glibc only; elsewhere (macOS, musl) nothing changes.
 """
 
 from __future__ import annotations

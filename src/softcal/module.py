@@ -36,11 +36,11 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 class TrainingTotals(Metric):
     """Training loss and accuracy of one epoch, as three sums updated once per step.
 
-    Why not MulticlassAccuracy plus a loss sum: its input formatting made the train metrics
-    cost ~0.2 ms of a ~17 ms CPU step, 1% of the epoch for one number (this is 3 small
-    in-place ops). The sums are saved in checkpoints (``persistent``), so an epoch resumed
-    mid-way still reports its loss and accuracy over all its batches, and they add up across
-    processes under DDP.
+    One metric instead of MulticlassAccuracy plus a hand-kept loss sum: three small in-place
+    ops per step (measured alone: 29 us against 55 us for the accuracy metric; inside a real
+    step both cost about 0.2 ms on the 2-core CPU, where every small op is slower). The sums are
+    saved in checkpoints (``persistent``), so an epoch resumed mid-way still reports its loss
+    and accuracy over all its batches, and they add up across processes under DDP.
     """
 
     full_state_update = False

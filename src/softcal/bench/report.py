@@ -88,8 +88,9 @@ def interleaved_markdown(runs: Sequence[InterleavedRun]) -> str:
         " net, optimizer, schedule and data order, all seeded as (a). Any load on the machine"
         " hits all three within milliseconds. (a)'s epoch is its wall time from"
         " `on_train_epoch_start` to the epoch-end validation minus the time spent in the bare"
-        " steps (its hooks, progress bar, checkpoint checks, data fetch, metrics and this"
-        " callback's own bookkeeping stay in); a bare loop's epoch is the sum of its steps."
+        " steps (its hooks, progress bar, checkpoint checks, data fetch, metrics and the"
+        " benchmark's own timing callbacks stay in); a bare loop's epoch is the sum of its"
+        " steps."
         " The overhead compares (a) with the mean of (c) and (c'); (c') against (c) is the"
         f" control, the same code twice, so it shows what the method cannot resolve. Repeated"
         f" {len(runs)} times in this process; the verdict takes each epoch's median.", "",
