@@ -8,7 +8,7 @@
 """
 
 from softcal.errors import exit_on_user_error
-from softcal.evaluation import main
+from softcal.apps.evaluate import main
 
 if __name__ == "__main__":
     exit_on_user_error(main)()

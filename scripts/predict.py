@@ -5,7 +5,7 @@
 """
 
 from softcal.errors import exit_on_user_error
-from softcal.prediction import main
+from softcal.apps.predict import main
 
 if __name__ == "__main__":
     exit_on_user_error(main)()

@@ -6,7 +6,7 @@
     python scripts/train.py --ckpt_path last               # resume the newest run
 """
 
-from softcal.cli import train
+from softcal.apps.cli import train
 from softcal.errors import exit_on_user_error
 
 if __name__ == "__main__":

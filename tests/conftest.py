@@ -82,7 +82,7 @@ def mnist_sized_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_run(mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One tiny MNIST-format training run (seconds), shared by the evaluate/predict tests."""
-    from softcal.cli import train
+    from softcal.apps.cli import train
 
     save_dir = tmp_path_factory.mktemp("runs")
     results = train([
@@ -92,3 +92,6 @@ def tiny_run(mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
         "--trainer.logger.init_args.save_dir", str(save_dir),
     ])  # fmt: skip
     return Path(results["run_dir"])
+
+# The benchmark package lives outside the installed one (benchmarks/); its tests import it.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))

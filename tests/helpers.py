@@ -9,7 +9,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from softcal.nets import DigitCNN
+from softcal.model.nets import DigitCNN
 
 
 class KillAtStep(L.Callback):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from softcal.calibration import (
+from softcal.calibration.metrics import (
     AdaptiveCalibrationError,
     ExpectedCalibrationError,
     MaxCalibrationError,
@@ -165,7 +165,7 @@ def test_temperature_never_changes_predictions():
 def test_figures_are_png_images_of_the_expected_size(tmp_path):
     from PIL import Image
 
-    from softcal import figures
+    from softcal.calibration import figures
 
     probs, labels = random_predictions(n=800, k=4)
     bins = TopLabelBins(15)

@@ -12,9 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from softcal import formats
-from softcal.augment import augment_batch, normalize, random_crop, random_hflip
-from softcal.bench.report import write_section
+from softcal.data import formats
+from softcal.data.augment import augment_batch, normalize, random_crop, random_hflip
+from softcal_bench.report import write_section
 from softcal.data import (
     CIFAR10DataModule,
     ImageFolderDataModule,
@@ -312,8 +312,8 @@ def test_benchmark_tiny_runs_end_to_end(tmp_path):
 def test_interleaving_charges_each_bare_step_to_its_own_loop(mnist_root, tmp_path):
     """The overhead verdict rests on this accounting: time spent in the bare steps run inside
     Lightning's hooks is the bare loops', never (a)'s."""
-    from softcal.bench.pipelines import Interleave, run_softcal_fit
-    from softcal.bench.recipe import Recipe
+    from softcal_bench.pipelines import Interleave, run_softcal_fit
+    from softcal_bench.recipe import Recipe
 
     class Sleeper:  # stands in for a BareLoop: every call takes 0.2 s
         device = torch.device("cpu")

@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 from softcal.errors import CheckpointError
-from softcal.evaluation import evaluate_checkpoint, main, split_passthrough
-from softcal.runs import best_checkpoint
+from softcal.apps.evaluate import evaluate_checkpoint, main, split_passthrough
+from softcal.runs.files import best_checkpoint
 from tests.conftest import run_script
 
 

@@ -12,12 +12,12 @@ import torch
 from PIL import Image
 
 from softcal.errors import CheckpointError, DataError
-from softcal.export import main as export_main
-from softcal.export import probability_model
-from softcal.formats import decode_images, read_idx
-from softcal.prediction import load_for_inference, predict_probabilities, read_images
-from softcal.prediction import main as predict_main
-from softcal.runs import best_checkpoint
+from softcal.apps.export import main as export_main
+from softcal.apps.export import probability_model
+from softcal.data.formats import decode_images, read_idx
+from softcal.apps.predict import load_for_inference, predict_probabilities, read_images
+from softcal.apps.predict import main as predict_main
+from softcal.runs.files import best_checkpoint
 from tests.conftest import run_script
 
 

@@ -11,12 +11,12 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from softcal.cli import format_results, train, trainer_settings_error
+from softcal.apps.cli import format_results, train, trainer_settings_error
 from softcal.data import MNISTDataModule
 from softcal.errors import CheckpointError, SoftcalError
-from softcal.module import Classifier
-from softcal.nets import DigitCNN, ResNet
-from softcal.runs import resolve_checkpoint
+from softcal.model.module import Classifier
+from softcal.model.nets import DigitCNN, ResNet
+from softcal.runs.files import resolve_checkpoint
 from tests.conftest import TINY, run_script
 
 
@@ -69,7 +69,7 @@ def test_fast_dev_run_on_cpu(mnist_root, tmp_path):
 def test_startup_objects_are_frozen_while_training_and_released_after(mnist_root, tmp_path):
     import gc
 
-    from softcal.callbacks import FreezeStartupObjects
+    from softcal.runs.callbacks import FreezeStartupObjects
 
     seen = []
 
@@ -101,16 +101,16 @@ def test_startup_objects_are_frozen_while_training_and_released_after(mnist_root
 
 
 def test_freed_memory_is_kept_unless_switched_off(mnist_root, monkeypatch):
-    import softcal.cli
+    import softcal.apps.cli
     from softcal.allocator import keep_freed_memory
 
     assert keep_freed_memory() is True  # glibc on Linux takes both thresholds
     calls = []
-    monkeypatch.setattr(softcal.cli, "keep_freed_memory", lambda: calls.append(1) or True)
+    monkeypatch.setattr(softcal.apps.cli, "keep_freed_memory", lambda: calls.append(1) or True)
     base = ["--data.init_args.root", str(mnist_root), "--trainer.logger", "false"]
-    softcal.cli.SoftcalCLI(base)
+    softcal.apps.cli.SoftcalCLI(base)
     assert calls == [1]
-    softcal.cli.SoftcalCLI([*base, "--keep_freed_memory", "false"])
+    softcal.apps.cli.SoftcalCLI([*base, "--keep_freed_memory", "false"])
     assert calls == [1]
 
 

@@ -11,7 +11,7 @@ Three ways to train MNIST, measured in one run on the same machine:
     as (a): the floor that (a)'s Lightning overhead is measured against.
 
 Lightning's overhead is measured with (a) and two copies of (c) interleaved step by step in one
-process (:class:`softcal.bench.pipelines.Interleave`): timed minutes apart, two runs of the same
+process (:class:`softcal_bench.pipelines.Interleave`): timed minutes apart, two runs of the same
 loop differ by 5-10% on a shared VM, more than the overhead being measured.
 
 The data-path comparison times the data alone (no model): batches of cropped, flipped and
@@ -21,6 +21,6 @@ Results go to a markdown file, one section per dataset, replaced when that datas
 
 # The CIFAR memory probe's fresh process imports this package first: what is imported here is
 # part of its "RSS after imports" baseline, as it was when the benchmark was one module.
-from softcal.bench.cli import main
+from softcal_bench.cli import main
 
 __all__ = ["main"]

@@ -8,10 +8,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from softcal.bench.data_path import DataPathResult
-from softcal.bench.machine import MIB
-from softcal.bench.pipelines import InterleavedRun, ScriptRun, median_per_epoch
-from softcal.bench.recipe import TARGET_ACC, PipelineResult
+from softcal_bench.data_path import DataPathResult
+from softcal_bench.machine import MIB
+from softcal_bench.pipelines import InterleavedRun, ScriptRun, median_per_epoch
+from softcal_bench.recipe import TARGET_ACC, PipelineResult
 
 # --------------------------------------------------------------------------- markdown
 

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from softcal.errors import CheckpointError, DataError, SoftcalError
-from softcal.formats import IMAGE_SUFFIXES, decode_images
-from softcal.runs import (
+from softcal.data.formats import IMAGE_SUFFIXES, decode_images
+from softcal.runs.files import (
     check_checkpoint_fits,
     load_weights,
     open_run_checkpoint,
@@ -35,9 +35,9 @@ if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
 
     from softcal.data import ClassificationDataModule
-    from softcal.module import Classifier, NetFactory
+    from softcal.model.module import Classifier, NetFactory
 
-# Lightning (behind softcal.data and softcal.module) is imported only once a checkpoint has
+# Lightning (behind softcal.data and softcal.model.module) is imported only once a checkpoint has
 # passed its checks: a wrong path or a broken file is reported in a second or two.
 
 #: Channel spread above which an image counts as colour; JPEG leaves grey images +-2 apart.
@@ -90,7 +90,7 @@ def read_run_config(config: Path) -> tuple[NetFactory, ClassificationDataModule]
     from jsonargparse import ArgumentParser
 
     from softcal.data import ClassificationDataModule
-    from softcal.module import NetFactory
+    from softcal.model.module import NetFactory
 
     try:
         saved = yaml.safe_load(config.read_text())
@@ -118,7 +118,7 @@ def load_for_inference(path: str | Path) -> InferenceModel:
     net, datamodule = read_run_config(run_dir / "config.yaml")
     # The classes are the checkpoint's own; only the preprocessing must fit its input shape.
     check_checkpoint_fits(checkpoint, hparams, datamodule, classes=False)
-    from softcal.module import Classifier  # loaded by now (read_run_config needed it)
+    from softcal.model.module import Classifier  # loaded by now (read_run_config needed it)
 
     accepted = inspect.signature(Classifier.__init__).parameters
     kwargs = {k: v for k, v in hparams.items() if k in accepted and k != "net"}

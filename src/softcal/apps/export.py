@@ -25,9 +25,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from softcal.augment import normalize
+from softcal.data.augment import normalize
 from softcal.errors import SoftcalError
-from softcal.prediction import InferenceModel, load_for_inference
+from softcal.apps.predict import InferenceModel, load_for_inference
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 
@@ -35,7 +35,7 @@ FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 class ProbabilityModel(nn.Module):
     """[0, 1] float images -> softmax(net(normalised images) / T).
 
-    Normalisation goes through :func:`softcal.augment.normalize` on ``images * 255``, the
+    Normalisation goes through :func:`softcal.data.augment.normalize` on ``images * 255``, the
     function training applies to uint8 batches, so both see the same numbers (to float
     rounding) for the same picture.
     """

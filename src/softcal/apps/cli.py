@@ -24,12 +24,12 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from softcal.allocator import keep_freed_memory
-from softcal.calibration import collect_logits, fit_temperature
-from softcal.callbacks import FreezeStartupObjects, LastCheckpoint
+from softcal.calibration.metrics import collect_logits, fit_temperature
+from softcal.runs.callbacks import FreezeStartupObjects, LastCheckpoint
 from softcal.data import ClassificationDataModule, TensorBatchLoader, default_data_root
 from softcal.errors import SoftcalError
-from softcal.module import Classifier
-from softcal.runs import (
+from softcal.model.module import Classifier
+from softcal.runs.files import (
     atomic_torch_save,
     atomic_write_json,
     check_checkpoint_fits,
@@ -38,7 +38,7 @@ from softcal.runs import (
     load_checkpoint,
 )
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "mnist.yaml"
 
 

@@ -13,10 +13,10 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import Callback
 
-from softcal.bench.machine import sync
+from softcal_bench.machine import sync
 from softcal.data import TensorBatchLoader
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = REPO / "configs" / "mnist.yaml"
 TARGET_ACC = 0.99
 WORKERS = 2  # the tutorial DataLoader's worker count

@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from softcal.bench.machine import MIB, status_mib, tensor_mib
-from softcal.bench.recipe import WORKERS, Recipe
+from softcal_bench.machine import MIB, status_mib, tensor_mib
+from softcal_bench.recipe import WORKERS, Recipe
 from softcal.data import (
     CIFAR10DataModule,
     ClassificationDataModule,

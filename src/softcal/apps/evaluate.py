@@ -1,7 +1,7 @@
 """Evaluate saved checkpoints: the test (or validation) metrics, raw and temperature-scaled.
 
 Each checkpoint is rebuilt from the ``config.yaml`` its run saved, through the same
-:class:`~softcal.cli.SoftcalCLI` that trained it, and tested with the same Trainer settings:
+:class:`~softcal.apps.cli.SoftcalCLI` that trained it, and tested with the same Trainer settings:
 the numbers reproduce what training printed. Values can be overridden like in training
 (``--data.root DIR``, ``--trainer.accelerator cpu``); a checkpoint whose classes or image shape
 do not fit the data is refused before any weights are loaded.
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from softcal.runs import (
+from softcal.runs.files import (
     atomic_write_json,
     check_checkpoint_fits,
     load_weights,
@@ -33,7 +33,7 @@ from softcal.runs import (
 if TYPE_CHECKING:
     from lightning.pytorch import Callback
 
-    from softcal.cli import SoftcalCLI
+    from softcal.apps.cli import SoftcalCLI
 
 # Lightning is imported inside the functions that need it: a wrong path or a broken checkpoint
 # is reported in a second or two, without waiting for Lightning to load.
@@ -119,7 +119,7 @@ def build_cli(config: Path, overrides: Sequence[str]) -> SoftcalCLI:
     No logger (evaluation must not create a TensorBoard run), no resume path, and no saved
     config; the progress bar and model summary are off unless an override turns them on.
     """
-    from softcal.cli import SoftcalCLI
+    from softcal.apps.cli import SoftcalCLI
 
     quiet_lightning()  # after the import: importing Lightning sets its loggers to INFO
     args = [
@@ -179,7 +179,7 @@ def write_outputs(
     overrides: Sequence[str] = (),
 ) -> list[Path]:  # fmt: skip
     """metrics.json, reliability diagrams (raw and calibrated) and the confusion matrix."""
-    from softcal import figures  # matplotlib only when files are written
+    from softcal.calibration import figures  # matplotlib only when files are written
 
     name, where = evaluation.checkpoint.name, f"{evaluation.dataset} {evaluation.split}"
     files = [
@@ -277,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> list[Evaluation]:
         evaluation.out_dir = out_dir
         evaluation.files = write_outputs(evaluation, state, out_dir, overrides)
     if len(evaluations) == 1:
-        from softcal.cli import format_results  # loaded by now: evaluating needed the CLI
+        from softcal.apps.cli import format_results  # loaded by now: evaluating needed the CLI
 
         e = evaluations[0]
         title = f"{e.dataset} {e.split} split, checkpoint {e.checkpoint}"

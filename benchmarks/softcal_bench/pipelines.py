@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
-from softcal.bench.machine import PeakMemory, auto_device, sync, tensor_mib
-from softcal.bench.recipe import (
+from softcal_bench.machine import PeakMemory, auto_device, sync, tensor_mib
+from softcal_bench.recipe import (
     REPO,
     WORKERS,
     EpochTimer,
@@ -32,7 +32,7 @@ from softcal.bench.recipe import (
     median_interval,
 )
 from softcal.data import MNISTDataModule, TensorBatchLoader
-from softcal.nets import DigitCNN
+from softcal.model.nets import DigitCNN
 
 # --------------------------------------------------------------------------- (a) softcal
 
@@ -101,7 +101,7 @@ def run_softcal_fit(
     data_root: Path, recipe: Recipe, work: Path, run: int = 1, callbacks: Sequence[Callback] = ()
 ) -> PipelineResult:
     """(a) in this process: the default recipe's fit through SoftcalCLI, epochs timed."""
-    from softcal.cli import SoftcalCLI
+    from softcal.apps.cli import SoftcalCLI
 
     result = PipelineResult(f"(a) softcal, Lightning fit, run {run}")
     start = time.perf_counter()

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from softcal.allocator import keep_freed_memory
-from softcal.bench.data_path import benchmark_data_path, mnist_data_path
-from softcal.bench.machine import load_1min, load_average, machine_info
-from softcal.bench.pipelines import (
+from softcal_bench.data_path import benchmark_data_path, mnist_data_path
+from softcal_bench.machine import load_1min, load_average, machine_info
+from softcal_bench.pipelines import (
     interleaved_overhead,
     run_bare_loop,
     run_softcal_fit,
@@ -24,8 +24,8 @@ from softcal.bench.pipelines import (
     run_tutorial,
     time_imports,
 )
-from softcal.bench.recipe import REPO, Recipe
-from softcal.bench.report import (
+from softcal_bench.recipe import REPO, Recipe
+from softcal_bench.report import (
     data_path_markdown,
     machine_block,
     mnist_markdown,
@@ -144,7 +144,7 @@ def benchmark_cifar(kind: str, data_root: Path, work: Path, tiny: bool) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from softcal import bench  # its docstring describes the whole benchmark
+    import softcal_bench as bench  # its docstring describes the whole benchmark
 
     parser = argparse.ArgumentParser(description=bench.__doc__.split("\n\n")[0])
     parser.add_argument(

@@ -17,9 +17,9 @@ from typing import Any
 import lightning as L
 import torch
 
-from softcal.augment import augment_batch, normalize
+from softcal.data.augment import augment_batch, normalize
 from softcal.errors import DataError
-from softcal.formats import (
+from softcal.data.formats import (
     find_with_gz,
     list_class_folders,
     load_image_folder,

@@ -22,12 +22,12 @@ from torch import nn
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from softcal.calibration import TopLabelBins, calibration_metrics
+from softcal.calibration.metrics import TopLabelBins, calibration_metrics
 from softcal.errors import NonFiniteLossError, SoftcalError
-from softcal.nets import DigitCNN
+from softcal.model.nets import DigitCNN
 
 #: Builds a net from (in_channels, num_classes, image_size); configs name a class from
-#: softcal.nets (or any importable nn.Module with that signature) and its other arguments.
+#: softcal.model.nets (or any importable nn.Module with that signature) and its other arguments.
 NetFactory = Callable[[int, int, int], nn.Module]
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -232,7 +232,7 @@ class Classifier(L.LightningModule):
         experiment = getattr(self.logger, "experiment", None)
         if self.global_rank != 0 or not hasattr(experiment, "add_image"):
             return
-        from softcal import figures  # matplotlib is imported only when pictures are made
+        from softcal.calibration import figures  # matplotlib is imported only when pictures are made
 
         where = f"{stage} (epoch {self.current_epoch}, step {self.global_step})"
         images = {

@@ -1,0 +1,1 @@
+"""The commands: train, evaluate, predict, export (``scripts/`` and the console entry points)."""

@@ -1,0 +1,1 @@
+"""Calibration: binned metrics, temperature scaling and the figures that show them."""

@@ -1,0 +1,1 @@
+"""The nets (plain ``nn.Module``) and the LightningModule that trains them."""
