@@ -12,15 +12,15 @@ import pytest
 import torch
 from PIL import Image
 
-from softcal.data import formats
-from softcal.data.augment import augment_batch, normalize, random_crop, random_hflip
 from softcal_bench.report import write_section
 from softcal.data import (
     CIFAR10DataModule,
     ImageFolderDataModule,
     MNISTDataModule,
     TensorBatchLoader,
+    formats,
 )
+from softcal.data.augment import augment_batch, normalize, random_crop, random_hflip
 from softcal.synthetic import write_image_folder
 from tests.conftest import run_script
 
@@ -226,6 +226,59 @@ def test_image_folder_cache_is_used_then_rebuilt_when_a_file_changes(tmp_path, m
     assert len(list(cache.glob("imagefolder-*.pt"))) == 2  # a new key for the new content
 
 
+def count_decodes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Makes formats.decode_images record each call (it still decodes); returns the record."""
+    calls: list[int] = []
+    real = formats.decode_images
+
+    def counting(*args, **kwargs):
+        calls.append(len(args[0]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(formats, "decode_images", counting)
+    return calls
+
+
+@pytest.mark.parametrize("damage", [
+    "truncated", "garbage", "empty", "not a dict", "fewer images", "other labels"])  # fmt: skip
+def test_a_broken_cache_file_is_decoded_again_and_replaced(tmp_path, monkeypatch, damage):
+    folder = write_image_folder(tmp_path / "shapes", n_train=6, n_test=3)
+
+    def load() -> tuple[torch.Tensor, torch.Tensor]:
+        return ImageFolderDataModule(folder=str(folder)).read_split(train=True)
+
+    images, labels = load()
+    (cache_file,) = Path(formats.default_cache_dir()).glob("imagefolder-*.pt")
+    good = cache_file.read_bytes()
+    broken = {  # what a killed copy, a disk error or a stray file could leave under that name
+        "truncated": lambda: cache_file.write_bytes(good[: len(good) // 2]),
+        "garbage": lambda: cache_file.write_bytes(b"\x80\x02not a torch file" * 40),
+        "empty": lambda: cache_file.write_bytes(b""),
+        "not a dict": lambda: torch.save(images, cache_file),
+        "fewer images": lambda: torch.save({"images": images[:2], "labels": labels[:2]}, cache_file),
+        "other labels": lambda: torch.save({"images": images, "labels": labels.flip(0)}, cache_file),
+    }
+    broken[damage]()
+    decodes = count_decodes(monkeypatch)
+    again, again_labels = load()
+    assert decodes == [6], "the broken cache must not be used"
+    assert torch.equal(again, images) and torch.equal(again_labels, labels)
+    replaced = torch.load(cache_file, weights_only=True)
+    assert torch.equal(replaced["images"], images) and torch.equal(replaced["labels"], labels)
+    load()
+    assert decodes == [6], "the replaced cache file is used again"
+
+
+def test_an_unwritable_cache_location_only_costs_a_decode(tmp_path, image_folder):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("the cache folder cannot be made below a file")
+    cached = ImageFolderDataModule(folder=str(image_folder)).read_split(train=True)
+    uncached = ImageFolderDataModule(folder=str(image_folder), cache_dir=str(blocker / "cache"))
+    images, labels = uncached.read_split(train=True)
+    assert torch.equal(images, cached[0]) and torch.equal(labels, cached[1])
+    assert not (blocker / "cache").exists()
+
+
 # --------------------------------------------------------------------------- TensorBatchLoader
 
 
@@ -263,6 +316,80 @@ def test_shards_split_without_duplicates():
             assert len({len(s) for s in shards}) == 1  # the same number of steps everywhere
         else:
             assert sorted(together) == list(range(n))  # evaluation: nothing dropped
+
+
+def random_loader(rank: int = 0, world_size: int = 1) -> TensorBatchLoader:
+    """A shuffling loader over 100 random images (labels 0..99 name them), batches of 8."""
+    images = torch.randint(0, 256, (100, 3, 4, 4), generator=gen(0)).to(torch.uint8)
+    return TensorBatchLoader(images, torch.arange(100), 8, shuffle=True, seed=5,
+                             rank=rank, world_size=world_size)  # fmt: skip
+
+
+def take(loader: TensorBatchLoader, epochs: int) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+    """``epochs`` whole epochs, each batch marked consumed as the model takes it."""
+    out = []
+    for _ in range(epochs):
+        out.append([])
+        for batch in loader:
+            loader.mark_consumed()
+            out[-1].append(batch)
+    return out
+
+
+def assert_same_batches(got: list, want: list) -> None:
+    assert len(got) == len(want)
+    for (x, y), (x_ref, y_ref) in zip(got, want, strict=True):
+        assert torch.equal(x, x_ref) and torch.equal(y, y_ref)
+
+
+@pytest.mark.parametrize("rank,world_size", [(0, 1), (1, 2)])
+def test_a_loader_restored_mid_epoch_serves_exactly_the_batches_left(rank, world_size):
+    reference = take(random_loader(rank, world_size), epochs=3)
+    interrupted = random_loader(rank, world_size)
+    take(interrupted, epochs=1)
+    batches = iter(interrupted)
+    for _ in range(3):  # the model trains on 3 batches of epoch 1 ...
+        next(batches)
+        interrupted.mark_consumed()
+    next(batches)  # ... while Lightning has fetched a 4th, which must not count
+    state = interrupted.state_dict()
+    assert state == {"epoch": 1, "consumed": 3}
+
+    restored = random_loader(rank, world_size)
+    restored.load_state_dict(state)
+    rest = iter(restored)
+    first = next(rest)
+    assert restored.mark_consumed() == (1, 3)  # the augmentation seed of an uninterrupted run
+    assert_same_batches([first, *rest], reference[1][3:])
+    assert_same_batches(take(restored, epochs=1)[0], reference[2])  # then the next epoch
+
+
+def test_a_state_saved_at_an_epochs_end_starts_the_next_epoch():
+    reference = take(random_loader(), epochs=2)
+    finished = random_loader()
+    take(finished, epochs=1)
+    state = finished.state_dict()
+    assert state == {"epoch": 0, "consumed": 12}  # all of epoch 0's 100 // 8 batches
+    restored = random_loader()
+    restored.load_state_dict(state)
+    assert_same_batches(take(restored, epochs=1)[0], reference[1])
+
+
+def test_the_datamodule_state_carries_the_loader_position(mnist_root):
+    def datamodule() -> MNISTDataModule:
+        return MNISTDataModule(root=str(mnist_root), val_size=100, batch_size=32, download=False)
+
+    reference = list(datamodule().train_dataloader())
+    interrupted = datamodule()
+    assert interrupted.state_dict() == {}, "no loader yet, nothing to save"
+    loader = interrupted.train_dataloader()
+    batches = iter(loader)
+    for _ in range(5):
+        next(batches)
+        loader.mark_consumed()
+    resumed = datamodule()
+    resumed.load_state_dict(interrupted.state_dict())  # what Lightning does with a checkpoint
+    assert_same_batches(list(resumed.train_dataloader()), reference[5:])
 
 
 # --------------------------------------------------------------------------- the benchmark

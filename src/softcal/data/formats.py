@@ -113,8 +113,8 @@ def list_class_folders(split_dir: Path) -> list[str]:
     return classes
 
 
-def list_image_files(split_dir: Path, classes: list[str]) -> list[tuple[Path, int]]:
-    """(file, class index) for every image, in a stable order; rejects empty or odd folders."""
+def image_label_pairs(split_dir: Path, classes: list[str]) -> list[tuple[Path, int]]:
+    """(image file, class index) for every image, in a stable order; rejects empty or odd folders."""
     found = list_class_folders(split_dir)
     if found != classes:
         raise DataError(
@@ -198,16 +198,16 @@ def load_image_folder(
 
     Hashing the bytes costs a fraction of decoding them, so a second run reads one tensor
     file instead of thousands of PNGs, and any changed, added or removed file changes the key.
+    A cache file that cannot be read or does not hold what its key promises is never trusted:
+    the folder is decoded again and the file replaced.
     """
-    items = list_image_files(split_dir, classes)
+    items = image_label_pairs(split_dir, classes)
     cache_dir = default_cache_dir() if cache_dir is None else Path(cache_dir)
     cache_file = cache_dir / f"imagefolder-{content_key(items, channels, size)}.pt"
-    if cache_file.is_file():
-        try:
-            cached = torch.load(cache_file, weights_only=True)
-            return cached["images"], cached["labels"]
-        except Exception:  # a broken cache file is rebuilt, never trusted
-            cache_file.unlink(missing_ok=True)
+    labels = torch.tensor([label for _, label in items], dtype=torch.int64)
+    images = _read_cache(cache_file, labels, (len(items), channels, *size))
+    if images is not None:
+        return images, labels
     images, labels = decode_images(items, channels, size)
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
@@ -217,3 +217,22 @@ def load_image_folder(
     except OSError:
         pass  # a read-only cache location only costs speed
     return images, labels
+
+
+def _read_cache(path: Path, labels: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor | None:
+    """The cached images when ``path`` holds uint8 images of ``shape`` and exactly ``labels``,
+    else None. A truncated copy or a garbage file fails torch.load, in whatever way the bytes
+    make it fail, so every exception of it means "rebuild"; a readable file is then checked."""
+    if not path.is_file():
+        return None
+    try:
+        cached = torch.load(path, weights_only=True)
+    except Exception:  # see the docstring: any failure only costs a decode
+        return None
+    images = cached.get("images") if isinstance(cached, dict) else None
+    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.shape != shape:
+        return None
+    cached_labels = cached.get("labels")
+    if not isinstance(cached_labels, torch.Tensor) or not torch.equal(cached_labels, labels):
+        return None
+    return images

@@ -1,0 +1,69 @@
+"""Any folder of images, one sub-folder per class, decoded once and cached as a tensor file."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from softcal.data.datamodule import ClassificationDataModule
+from softcal.data.formats import list_class_folders, load_image_folder
+from softcal.data.loader import Batch
+from softcal.errors import DataError
+
+
+class ImageFolderDataModule(ClassificationDataModule):
+    """Any folder of images: ``folder/train/<class>/*.png`` and ``folder/test/<class>/*.png``.
+
+    Images are converted to ``channels`` (1: grayscale, 3: RGB) and resized to ``image_size``
+    once, then cached as one tensor file keyed by the files' content.
+    """
+
+    name = "ImageFolder"
+
+    def __init__(
+        self,
+        folder: str = "cifar10-sample",
+        image_size: int = 32,
+        channels: int = 3,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        cache_dir: str | None = None,
+        val_size: float = 0.1,
+        crop_padding: int = 4,
+        hflip: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        """
+        Args:
+            folder: the folder with ``train/`` and ``test/``; a relative path is taken
+                relative to ``root``.
+            image_size: images are resized to this square size.
+            channels: 1 for grayscale, 3 for colour.
+            mean, std: per-channel normalisation in [0, 1] units (default 0.5 and 0.25).
+            cache_dir: where decoded tensors are cached (default ``$SOFTCAL_CACHE_DIR`` or
+                ``~/.cache/softcal``).
+        """
+        super().__init__(val_size=val_size, crop_padding=crop_padding, hflip=hflip, **kwargs)
+        folder_path = Path(folder).expanduser()
+        self.folder = folder_path if folder_path.is_absolute() else self.root / folder_path
+        self.name = self.folder.name or "ImageFolder"
+        self.image_size = (image_size, image_size)
+        self.mean = tuple(mean) if mean is not None else (0.5,) * channels
+        self.std = tuple(std) if std is not None else (0.25,) * channels
+        if len(self.mean) != channels or len(self.std) != channels:
+            raise DataError(f"data mean/std need {channels} values each (one per channel)")
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self._classes: list[str] | None = None
+
+    @property
+    def class_names(self) -> list[str]:
+        if self._classes is None:
+            self._classes = list_class_folders(self.folder / "train")
+        return self._classes
+
+    def read_split(self, train: bool) -> Batch:
+        split_dir = self.folder / ("train" if train else "test")
+        return load_image_folder(
+            split_dir, self.class_names, self.in_channels, self.image_size, self.cache_dir
+        )
