@@ -1,12 +1,14 @@
-"""Benchmark softcal's training recipe and data path against the usual pipelines.
+"""Benchmark Lightning's overhead, train.py's wall time and the data path (benchmarks/softcal_bench).
 
-    python scripts/benchmark.py                            # MNIST training + CIFAR-sized data path
-    python scripts/benchmark.py --dataset mnist            # the training comparison only
-    python scripts/benchmark.py --dataset cifar10-sample   # data path on the real CIFAR-10 PNGs
-    python scripts/benchmark.py --tiny --out /tmp/b.md     # smoke test on generated data
+    python scripts/benchmark.py                                  # mnist + synthetic-cifar
+    python scripts/benchmark.py --dataset mnist                  # train.py, overhead, data path
+    python scripts/benchmark.py --config configs/cifar10.yaml    # the same for another config
+    python scripts/benchmark.py --dataset mnist --section mnist-b128 -- --data.init_args.batch_size 128
+    python scripts/benchmark.py --dataset cifar10-sample         # data path on the real PNGs
+    python scripts/benchmark.py --tiny --out /tmp/b.md           # smoke test on generated data
 
-Numbers go to docs/benchmarks.md (one section per dataset) and to the terminal. The benchmark
-code lives in benchmarks/ beside this folder: it is not part of the installed package.
+Numbers go to docs/benchmarks.md (one section per config or dataset) and to the terminal. The
+benchmark lives in benchmarks/ beside this folder: it is not part of the installed package.
 """
 
 import sys

@@ -1,10 +1,9 @@
 """The in-memory data path: batch augmentation, equality with torchvision's datasets, the
-image-folder cache, TensorBatchLoader's epochs and shards, and the benchmark's smoke run."""
+image-folder cache, TensorBatchLoader's epochs and shards."""
 
 from __future__ import annotations
 
 import itertools
-import time
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,6 @@ import pytest
 import torch
 from PIL import Image
 
-from softcal_bench.report import write_section
 from softcal.data import (
     CIFAR10DataModule,
     ImageFolderDataModule,
@@ -22,7 +20,6 @@ from softcal.data import (
 )
 from softcal.data.augment import augment_batch, normalize, random_crop, random_hflip
 from softcal.synthetic import write_image_folder
-from tests.conftest import run_script
 
 
 def label_coded_images(n: int, channels: int = 3, size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
@@ -390,74 +387,3 @@ def test_the_datamodule_state_carries_the_loader_position(mnist_root):
     resumed = datamodule()
     resumed.load_state_dict(interrupted.state_dict())  # what Lightning does with a checkpoint
     assert_same_batches(list(resumed.train_dataloader()), reference[5:])
-
-
-# --------------------------------------------------------------------------- the benchmark
-
-
-def test_write_section_replaces_only_its_own_section(tmp_path):
-    out = tmp_path / "bench.md"
-    write_section(out, "mnist", "first mnist")
-    write_section(out, "synthetic-cifar", "cifar numbers")
-    write_section(out, "mnist", "second mnist")
-    text = out.read_text()
-    assert text.startswith("# Benchmarks")
-    assert "second mnist" in text and "first mnist" not in text and "cifar numbers" in text
-    assert text.count("<!-- benchmark:mnist -->") == 1
-
-
-def test_benchmark_tiny_runs_end_to_end(tmp_path):
-    out = tmp_path / "bench.md"
-    proc = run_script("benchmark.py", "--tiny", "--out", str(out),
-                      "--dataset", "mnist", "mnist-recipe", "synthetic-cifar",
-                      timeout=240)  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    text = out.read_text()
-    for expected in (
-        "## MNIST",
-        "## MNIST recipe: batch size",
-        "| batch 256, lr 0.02, --keep_freed_memory false | 0 |",
-        "| batch 256, lr 0.02 | 0 |",
-        "(a) softcal",
-        "(b) tutorial",
-        "(c) bare PyTorch loop",
-        "## Data path alone",
-        "samples/s",
-        "peak RSS",
-        "load average",
-        "--tiny",
-    ):
-        assert expected in text, expected
-    assert "| (c) bare PyTorch loop | n/a" not in text  # the loop really trained
-    assert "interleaved in one process" in text
-    # (c) and (c') are the same code with the same seed: they must train to the same result.
-    line = next(x for x in text.splitlines() if x.startswith("Test accuracy after training"))
-    bare = line.split("(c) ")[1].split(",")[0]
-    assert bare != "n/a" and f"(c') {bare}" in line, line
-
-
-def test_interleaving_charges_each_bare_step_to_its_own_loop(mnist_root, tmp_path):
-    """The overhead verdict rests on this accounting: time spent in the bare steps run inside
-    Lightning's hooks is the bare loops', never (a)'s."""
-    from softcal_bench.pipelines import Interleave, run_softcal_fit
-    from softcal_bench.recipe import Recipe
-
-    class Sleeper:  # stands in for a BareLoop: every call takes 0.2 s
-        device = torch.device("cpu")
-
-        def start_epoch(self) -> None:
-            time.sleep(0.2)
-
-        def step(self) -> None:
-            time.sleep(0.2)
-
-    interleave = Interleave([Sleeper(), Sleeper()])
-    recipe = Recipe.from_config().tiny()
-    run_softcal_fit(mnist_root, recipe, tmp_path, callbacks=[interleave])
-    (epoch,) = interleave.epochs
-    assert epoch.steps == recipe.max_batches
-    for bare_s, step_ms in zip(epoch.bare_s, epoch.bare_step_ms, strict=True):
-        assert bare_s == pytest.approx(0.2 * (recipe.max_batches + 1), rel=0.2)
-        assert step_ms == pytest.approx(200, rel=0.2)
-    # 8 sleeps (1.6 s) ran inside (a)'s epoch; none may be charged to it.
-    assert epoch.lightning_s < 0.2 and epoch.lightning_step_ms < 100

@@ -1,26 +1,21 @@
-"""Benchmark: softcal's training recipe against the usual pipelines, and its data path alone.
+"""Benchmark: Lightning's cost against a bare PyTorch loop, train.py's wall time, and the data path.
 
-Three ways to train MNIST, measured in one run on the same machine:
+For a training config (``--dataset mnist``, ``--config configs/X.yaml``), one section with:
 
-(a) softcal's default recipe: ``python scripts/train.py`` timed as a user runs it (start-up,
-    data loading, training, calibration and test included), and the same fit in this process
-    with a callback that times each training epoch;
-(b) the tutorial way: torchvision's MNIST with PIL ``ToTensor``/``Normalize`` in a DataLoader
-    with two workers, a two-conv CNN in a plain LightningModule;
-(c) a bare PyTorch loop over the same in-memory tensors with the same net, seed and batch size
-    as (a): the floor that (a)'s Lightning overhead is measured against.
+- ``python scripts/train.py --config X`` timed as a user runs it (start-up, data loading,
+  training, calibration and test), with the peak RSS of that fresh process;
+- Lightning's overhead per training epoch, measured interleaved in one process against two
+  identical bare PyTorch loops, the second one the control (:mod:`softcal_bench.overhead`);
+- the data path alone (no model): softcal's in-memory tensors vs a PIL pipeline in DataLoader
+  workers, and softcal's peak memory in a fresh process (:mod:`softcal_bench.data_path`).
 
-Lightning's overhead is measured with (a) and two copies of (c) interleaved step by step in one
-process (:class:`softcal_bench.pipelines.Interleave`): timed minutes apart, two runs of the same
-loop differ by 5-10% on a shared VM, more than the overhead being measured.
-
-The data-path comparison times the data alone (no model): batches of cropped, flipped and
-normalised images from softcal's in-memory tensors vs a PIL pipeline in DataLoader workers.
-Results go to a markdown file, one section per dataset, replaced when that dataset is re-run.
+``--dataset synthetic-cifar`` / ``cifar10-sample`` measure the data path alone. Verdicts come
+from the targets declared in :mod:`softcal_bench.targets`. Results go to a markdown file, one
+section per config or dataset, replaced when it is re-run.
 """
 
-# The CIFAR memory probe's fresh process imports this package first: what is imported here is
-# part of its "RSS after imports" baseline, as it was when the benchmark was one module.
+# The data-path memory probe's fresh process imports this package first: what is imported here
+# is part of its "RSS after imports" baseline.
 from softcal_bench.cli import main
 
 __all__ = ["main"]

@@ -1,5 +1,5 @@
-"""The benchmark's command line (``python scripts/benchmark.py``): runs each dataset's
-measurements and writes its section of the results file."""
+"""The command line (``python scripts/benchmark.py``): one section of the results file per
+config or dataset, replaced when it is re-run."""
 
 from __future__ import annotations
 
@@ -9,179 +9,153 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from softcal.allocator import keep_freed_memory
-from softcal_bench.data_path import benchmark_data_path, mnist_data_path
-from softcal_bench.machine import load_1min, load_average, machine_info
-from softcal_bench.pipelines import (
-    interleaved_overhead,
-    run_bare_loop,
-    run_softcal_fit,
-    run_train_script,
-    run_tutorial,
-    time_imports,
-)
-from softcal_bench.recipe import REPO, Recipe
-from softcal_bench.report import (
-    data_path_markdown,
-    machine_block,
-    mnist_markdown,
-    recipe_markdown,
-    write_section,
-)
-from softcal.synthetic import write_idx_dataset
+from softcal.synthetic import write_cifar_dataset, write_idx_dataset, write_image_folder
+from softcal_bench import report
+from softcal_bench.data_path import measure_data_path
+from softcal_bench.machine import load_average, machine_info, measure_command
+from softcal_bench.overhead import median_per_epoch, run_interleaved
+from softcal_bench.targets import TARGETS
 
-DEFAULT_OUT = REPO / "docs" / "benchmarks.md"
-DATASETS = ("mnist", "mnist-recipe", "cifar10-sample", "synthetic-cifar")
-
-#: The default recipe's batch size against the next smaller one, each with its peak learning
-#: rate (scaled with the batch): how configs/mnist.yaml's batch size was chosen. The last one is
-#: the default with glibc's own malloc thresholds (softcal.allocator switched off).
-RECIPE_VARIANTS: dict[str, tuple[dict[str, Any], list[str]]] = {
-    "batch 128, lr 0.01": ({"batch_size": 128, "lr": 0.01}, []),
-    "batch 256, lr 0.02": ({"batch_size": 256, "lr": 0.02}, []),
-    "batch 256, lr 0.02, --keep_freed_memory false": (
-        {"batch_size": 256, "lr": 0.02}, ["--keep_freed_memory", "false"]),
-}
+REPO = Path(__file__).resolve().parents[2]
+#: name -> (config in configs/, whether it trains); the others measure the data path alone.
+DATASETS = {"mnist": ("mnist.yaml", True), "cifar10": ("cifar10.yaml", True),
+            "synthetic-cifar": ("cifar10.yaml", False),  # on generated CIFAR-10-sized pickles
+            "cifar10-sample": ("cifar10_sample.yaml", False)}  # fmt: skip
+#: --tiny: any config on a few batches of generated data, a smoke test in seconds.
+TINY_ARGS = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3",
+             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+             "--data.init_args.batch_size", "32", "--data.init_args.eval_batch_size", "100",
+             "--data.init_args.val_size", "100"]  # fmt: skip
 
 
-# --------------------------------------------------------------------------- command line
+def data_overrides(overrides: Sequence[str]) -> dict[str, Any]:
+    """The ``--data.init_args.NAME VALUE`` pairs among CLI overrides, as datamodule arguments."""
+    prefix, pairs = "--data.init_args.", zip(overrides, overrides[1:], strict=False)
+    return {flag[len(prefix):]: yaml.safe_load(value) for flag, value in pairs if flag.startswith(prefix)}
 
 
-def find_data_root(explicit: str | None) -> Path:
-    """``--data-root``, else ``$SOFTCAL_DATA_ROOT``, else ``data/``, else ``../shared/data``."""
-    if explicit:
-        return Path(explicit)
-    candidates = [os.environ.get("SOFTCAL_DATA_ROOT"), "data", str(REPO / "data"),
-                  str(REPO.parent / "shared" / "data")]  # fmt: skip
-    for candidate in filter(None, candidates):
-        if (Path(candidate) / "MNIST" / "raw").is_dir():
-            return Path(candidate)
-    return Path(candidates[0] or "data")
+def write_tiny_data(config: Path, root: Path) -> None:
+    """A few hundred generated images in the format the config's datamodule reads."""
+    data = yaml.safe_load(config.read_text())["data"]
+    kind = data["class_path"].rsplit(".", 1)[1].removesuffix("DataModule")
+    if kind in ("MNIST", "FashionMNIST"):
+        write_idx_dataset(root, kind)
+    elif kind in ("CIFAR10", "CIFAR100"):
+        write_cifar_dataset(root, int(kind[5:]), n_train=500 if kind == "CIFAR10" else 400)
+    else:  # an image folder
+        write_image_folder(root / data["init_args"]["folder"], tuple(f"c{i}" for i in range(10)),
+                           n_train=300, n_test=100)  # fmt: skip
 
 
-def mnist_recipe(data_root: Path, work: Path, tiny: bool) -> tuple[Path, Recipe]:
-    """The data root and recipe to run: the real ones, or generated data and a few batches."""
-    if not tiny:
-        return data_root, Recipe.from_config()
-    data_root = work / "data"
-    if not (data_root / "MNIST").is_dir():
-        write_idx_dataset(data_root, "MNIST", n_train=600, n_test=200)
-    return data_root, Recipe.from_config().tiny()
+def shown(config: Path) -> str:
+    return str(config.relative_to(REPO) if config.is_relative_to(REPO) else config)
 
 
-def benchmark_mnist(data_root: Path, work: Path, tiny: bool) -> str:
-    data_root, recipe = mnist_recipe(data_root, work, tiny)
-    info, load_before = machine_info(), load_average()
-    print(f"[benchmark] MNIST from {data_root}; load {load_before}", flush=True)
-    startup_s = 0.0 if tiny else time_imports()  # a fresh interpreter costs seconds: not in tiny
-    print("[benchmark] (a) python scripts/train.py ...", flush=True)
-    script = run_train_script(data_root, recipe, work)
-    script.load_after = load_1min()
-    print(f"[benchmark]     {script.wall_s:.1f} s, acc {script.acc}", flush=True)
-    if script.returncode != 0:
-        print(script.log.read_text()[-3000:], file=sys.stderr)
-    # (c), (a), (c), (a), (c): alternating spreads a drifting machine load over both sides;
-    # on this shared 2-core VM one run of the same loop varies by 5-10% on its own.
-    cs, as_ = [], []
-    for round_ in range(1, 4):
-        print(f"[benchmark] (c) bare loop, run {round_} ...", flush=True)
-        cs.append(run_bare_loop(data_root, recipe, f", run {round_}"))
-        cs[-1].load_after = load_1min()
-        if round_ < 3:
-            print(f"[benchmark] (a) Lightning fit in process, run {round_} ...", flush=True)
-            as_.append(run_softcal_fit(data_root, recipe, work / f"fit{round_}", round_))
-            as_[-1].load_after = load_1min()
-    print("[benchmark] (a) with (c) and (c') interleaved, for the overhead ...", flush=True)
-    interleaved = interleaved_overhead(data_root, recipe, work, repeats=1 if tiny else 3)
-    print("[benchmark] (b) tutorial pipeline ...", flush=True)
-    b = run_tutorial(data_root, recipe)
-    b.load_after = load_1min()
-    print("[benchmark] data path alone ...", flush=True)
-    data_path = mnist_data_path(data_root, recipe)
-    machine = machine_block(info, load_before, load_average(), tiny)
-    return mnist_markdown(script, startup_s, as_, b, cs, interleaved, data_path, machine)
+def data_root(name: str, config: Path, args: argparse.Namespace, work: Path) -> Path:
+    """Generated data (--tiny, synthetic-cifar), else --data-root, $SOFTCAL_DATA_ROOT, data/ or
+    ../shared/data, the first that exists."""
+    root = work / "data"
+    if name == "synthetic-cifar":
+        write_cifar_dataset(root, 10, n_train=512 if args.tiny else 50_000, n_test=100)
+    elif args.tiny:
+        write_tiny_data(config, root)
+    else:
+        found = [args.data_root, os.environ.get("SOFTCAL_DATA_ROOT"), REPO / "data", REPO / "../shared/data"]
+        root = next((Path(c) for c in found if c and Path(c).is_dir()), Path("data"))
+    return root
 
 
-def benchmark_recipe(data_root: Path, work: Path, tiny: bool) -> str:
-    """``python scripts/train.py`` with each of RECIPE_VARIANTS for three seeds, alternating
-    the order so drifting load spreads over all; then Lightning's overhead at each batch size,
-    interleaved as in the MNIST section."""
-    data_root, recipe = mnist_recipe(data_root, work, tiny)
-    variants = {label: (replace(recipe, **changes), extra)
-                for label, (changes, extra) in RECIPE_VARIANTS.items()}  # fmt: skip
-    seeds = (0,) if tiny else (0, 1, 2)
-    info, load_before = machine_info(), load_average()
-    runs = []
-    for seed in seeds:
-        order = list(variants.items())
-        for i, (label, (variant, extra)) in enumerate(order[::-1] if seed % 2 else order):
-            print(f"[benchmark] train.py, {label}, seed {seed} ...", flush=True)
-            run = run_train_script(data_root, variant, work, [*extra, "--seed_everything", str(seed)],
-                                   name=f"variant{i}-seed{seed}")  # fmt: skip
-            run.load_after = load_1min()
-            runs.append((label, seed, run))
-    overheads = {}
-    for label, (variant, extra) in variants.items():
-        if extra:  # a process-wide setting: the interleaved loops would share it
-            continue
-        print(f"[benchmark] {label}: (a) with (c) and (c') interleaved ...", flush=True)
-        overheads[label] = interleaved_overhead(data_root, variant, work / f"inter{variant.batch_size}",
-                                                repeats=1 if tiny else 3)  # fmt: skip
-    machine = machine_block(info, load_before, load_average(), tiny)
-    return recipe_markdown(runs, overheads, machine)
+def train_script(command: list[str], work: Path) -> dict[str, Any]:
+    """``python scripts/train.py`` as a user runs it: wall time, peak RSS, results.json's metrics."""
+    save_dir, log = work / "runs", work / "train.log"
+    run = measure_command([*command, "--trainer.logger.init_args.save_dir", str(save_dir)], log, REPO)
+    run["metrics"] = {}
+    for results in save_dir.glob("*/version_*/results.json"):
+        run["metrics"] = yaml.safe_load(results.read_text())["metrics"]  # JSON is YAML
+    if run["returncode"] != 0:
+        print(log.read_text()[-3000:], file=sys.stderr)
+        run["wall_s"] = None  # a failed run's time answers nothing
+    return run
 
 
-def benchmark_cifar(kind: str, data_root: Path, work: Path, tiny: bool) -> str:
-    info, load_before = machine_info(), load_average()
-    print(f"[benchmark] data path, {kind}; load {load_before}", flush=True)
-    results, probe = benchmark_data_path(kind, data_root, work, tiny)
-    machine = machine_block(info, load_before, load_average(), tiny)
-    return data_path_markdown(kind, results, probe, machine)
+def measure(name: str, config: Path, trains: bool, overrides: list[str], work: Path,
+            repeats: int) -> tuple[list[str], dict[str, float | None]]:  # fmt: skip
+    """One section's measurements: markdown parts, and the values the targets are checked on."""
+    parts, measured = [], {}
+    if trains:
+        command = ["scripts/train.py", "--config", shown(config), *overrides]
+        print(f"[benchmark] python {' '.join(command)} ...", flush=True)
+        run = train_script([sys.executable, *command], work)
+        metrics = run["metrics"]
+        measured = {"test_acc": metrics.get("test/acc"), "wall_s": run["wall_s"],
+                    "test_ece": metrics.get("test/ece"), "calibrated_ece": metrics.get("test_calibrated/ece"),
+                    "peak_rss_gb": run["peak_rss_gb"]}  # fmt: skip
+        print(f"[benchmark] (a) with (c) and (c') interleaved, {repeats} repeat(s) ...", flush=True)
+        runs = run_interleaved(["--config", str(config), *overrides,
+                                "--trainer.logger.init_args.save_dir", str(work / "interleaved")], repeats)
+        measured["overhead"] = max(median_per_epoch(runs), default=None)
+        measured["control"] = max(median_per_epoch(runs, "control"), key=abs, default=None)
+        parts += [report.train_script_markdown(f"python {' '.join(command)}", run),
+                  report.interleaved_markdown(runs)]  # fmt: skip
+    print(f"[benchmark] data path alone, {name} ...", flush=True)
+    rows, probe = measure_data_path(config, data_overrides(overrides))
+    measured["data_speedup"] = rows[0].per_s / rows[1].per_s
+    measured["data_peak_gb"] = probe["peak_mib"] * 2**20 / 1e9
+    return [*parts, report.data_path_markdown(rows, probe)], measured
+
+
+def run_section(name: str, config: Path, trains: bool, args: argparse.Namespace) -> str:
+    work = Path(tempfile.mkdtemp(prefix=f"softcal-bench-{name}-"))
+    try:
+        os.environ["SOFTCAL_DATA_ROOT"] = str(data_root(name, config, args, work))  # train.py's too
+        info, load_before = machine_info(), load_average()
+        overrides = [*(TINY_ARGS if args.tiny else []), *args.overrides]
+        parts, measured = measure(name, config, trains, overrides, work, 1 if args.tiny else args.repeats)
+        given = f", overrides: `{' '.join(args.overrides)}`" if args.overrides else ""
+        notes = [f"config: `{shown(config)}`{given}",
+                 "malloc: freed memory kept in the heap (`softcal.allocator`), here and in `train.py`"]
+        if args.tiny:
+            notes.append("**--tiny smoke run on a few batches of generated data: the numbers mean nothing**")
+        title = f"{name}: Lightning vs a bare PyTorch loop, and the data path" if trains else \
+            f"{name}: the data path alone"
+        machine = report.machine_block(info, load_before, load_average(), notes)
+        return report.section(title, machine, parts, measured, TARGETS.get(name, {}))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import softcal_bench as bench  # its docstring describes the whole benchmark
+    import softcal_bench  # its docstring describes the whole benchmark
 
-    parser = argparse.ArgumentParser(description=bench.__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--dataset",
-        nargs="+",
-        choices=DATASETS,
-        default=["mnist", "synthetic-cifar"],
-        help="mnist: the training comparison; mnist-recipe: the default recipe's batch size"
-        " against a smaller one, 3 seeds; synthetic-cifar / cifar10-sample: the CIFAR-sized"
-        " data path alone (default: mnist synthetic-cifar)",
-    )
-    parser.add_argument(
-        "--tiny",
-        action="store_true",
-        help="a few batches of generated data: a smoke test in seconds",
-    )
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="markdown file to update")
-    parser.add_argument("--data-root", default=None,
-                        help="folder with MNIST/raw and cifar10-sample (default:"
-                             " $SOFTCAL_DATA_ROOT, data/, ../shared/data)")  # fmt: skip
+    parser = argparse.ArgumentParser(description=softcal_bench.__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", nargs="+", choices=DATASETS, default=[],
+                        help="mnist, cifar10: train configs/<name>.yaml; synthetic-cifar,"
+                             " cifar10-sample: the data path alone (default: mnist synthetic-cifar)")
+    parser.add_argument("--config", nargs="+", type=Path, default=[],
+                        help="train these configs (a section each, named after the file)")
+    parser.add_argument("--section", help="the section's name in --out (one section only)")
+    parser.add_argument("--tiny", action="store_true", help="generated data, a few batches: a smoke test")
+    parser.add_argument("--repeats", type=int, default=3, help="of the interleaved measurement")
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
+    parser.add_argument("--data-root", help="default: $SOFTCAL_DATA_ROOT, data/, ../shared/data")
+    parser.add_argument("overrides", nargs="*", help="after --: CLI overrides, e.g. -- --model.lr 0.01")
     args = parser.parse_args(argv)
-    # As train.py does for itself (softcal.allocator): applied to this whole process, so the
-    # bare loop, the tutorial pipeline and its forked workers run with the same malloc settings.
-    keep_freed_memory()
-    data_root = find_data_root(args.data_root)
-    work = Path(tempfile.mkdtemp(prefix="softcal-bench-"))
-    try:
-        for kind in dict.fromkeys(args.dataset):  # each once, in the order given
-            if kind == "mnist":
-                body = benchmark_mnist(data_root, work, args.tiny)
-            elif kind == "mnist-recipe":
-                body = benchmark_recipe(data_root, work, args.tiny)
-            else:
-                body = benchmark_cifar(kind, data_root, work, args.tiny)
-            write_section(args.out, kind, body)
-            print("\n" + body, flush=True)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    jobs = [(name, REPO / "configs" / DATASETS[name][0], DATASETS[name][1]) for name in args.dataset]
+    jobs += [(Path(c).stem, Path(c).resolve(), True) for c in args.config]
+    jobs = jobs or [("mnist", REPO / "configs/mnist.yaml", True),
+                    ("synthetic-cifar", REPO / "configs/cifar10.yaml", False)]  # fmt: skip
+    if args.section and len(jobs) != 1:
+        parser.error("--section names one section: give one dataset or config")
+    keep_freed_memory()  # as train.py does: the fits, bare loops and data paths all run with it
+    for name, config, trains in jobs:
+        text = run_section(name, config, trains, args)
+        report.write_section(args.out, args.section or name, text)
+        print("\n" + text, flush=True)
     print(f"[benchmark] written to {args.out}")
     return 0

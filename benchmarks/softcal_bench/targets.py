@@ -1,0 +1,64 @@
+"""The targets, declared once, and verdicts computed from measurements.
+
+``TARGETS[section][measure] = (comparison, threshold)``. A training section is named after its
+config's file (``configs/mnist.yaml`` -> ``mnist``), a data-path section after its dataset.
+Measures without a target are reported as ``info``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+#: What each measure is, and the unit it is shown in.
+MEASURES: dict[str, tuple[str, str]] = {
+    "test_acc": ("`train.py` test accuracy", "%"),
+    "wall_s": ("`train.py` wall time, start-up, data loading, calibration and test included", "s"),
+    "test_ece": ("`train.py` test ECE, raw softmax (T = 1)", "%"),
+    "calibrated_ece": ("`train.py` test ECE after temperature scaling", "%"),
+    "peak_rss_gb": ("`train.py` peak RSS", "GB"),
+    "overhead": ("Lightning overhead per training epoch vs a bare loop, interleaved (worst epoch"
+                 " of the medians over the repeats)", "%+"),
+    "control": ("control: (c') vs (c), the same loop twice (its largest epoch median)", "%+"),
+    "data_speedup": ("data path samples/s, softcal vs the PIL DataLoader", "x"),
+    "data_peak_gb": ("softcal data path peak RSS in a fresh process (read, split, one epoch)", "GB"),
+}
+
+TARGETS: dict[str, dict[str, tuple[str, float]]] = {
+    "mnist": {"test_acc": (">=", 0.99), "wall_s": ("<=", 45.0), "overhead": ("<=", 0.05)},
+    "cifar10": {"test_acc": (">=", 0.93), "wall_s": ("<=", 1800.0), "calibrated_ece": ("<=", 0.01),
+                "overhead": ("<=", 0.02), "peak_rss_gb": ("<=", 2.0)},  # issue 12
+    "synthetic-cifar": {"data_speedup": (">=", 10.0), "data_peak_gb": ("<=", 1.5)},
+    "cifar10-sample": {"data_speedup": (">=", 10.0)},
+}
+
+
+def show(value: float | None, unit: str) -> str:
+    if value is None or math.isnan(value):
+        return "n/a"
+    return {"%": f"{100 * value:.2f}%", "%+": f"{100 * value:+.1f}%", "s": f"{value:.1f} s",
+            "GB": f"{value:.2f} GB", "x": f"{value:.1f}x"}[unit]  # fmt: skip
+
+
+def verdict(value: float | None, target: tuple[str, float] | None) -> str:
+    """``met``, ``**missed**``, ``n/a`` (nothing measured) or ``info`` (no target)."""
+    if target is None:
+        return "info"
+    if value is None or math.isnan(value):
+        return "n/a"
+    comparison, threshold = target
+    met = value <= threshold if comparison == "<=" else value >= threshold
+    return "met" if met else "**missed**"
+
+
+def verdict_rows(measured: Mapping[str, float | None],
+                 targets: Mapping[str, tuple[str, float]]) -> list[list[str]]:  # fmt: skip
+    """One row per measure (those with a target first): what, measured value, verdict."""
+    rows = []
+    for name in sorted({*measured, *targets}, key=lambda n: (n not in targets, list(MEASURES).index(n))):
+        text, unit = MEASURES[name]
+        target = targets.get(name)
+        if target is not None:
+            text += f" {target[0]} {show(target[1], unit.rstrip('+'))}"
+        rows.append([text, show(measured.get(name), unit), verdict(measured.get(name), target)])
+    return rows
