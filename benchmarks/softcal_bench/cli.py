@@ -146,10 +146,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data-root", help="default: $SOFTCAL_DATA_ROOT, data/, ../shared/data")
     parser.add_argument("overrides", nargs="*", help="after --: CLI overrides, e.g. -- --model.lr 0.01")
     args = parser.parse_args(argv)
-    jobs = [(name, REPO / "configs" / DATASETS[name][0], DATASETS[name][1]) for name in args.dataset]
+    names = args.dataset or ([] if args.config else ["mnist", "synthetic-cifar"])
+    jobs = [(name, REPO / "configs" / DATASETS[name][0], DATASETS[name][1]) for name in names]
     jobs += [(Path(c).stem, Path(c).resolve(), True) for c in args.config]
-    jobs = jobs or [("mnist", REPO / "configs/mnist.yaml", True),
-                    ("synthetic-cifar", REPO / "configs/cifar10.yaml", False)]  # fmt: skip
     if args.section and len(jobs) != 1:
         parser.error("--section names one section: give one dataset or config")
     keep_freed_memory()  # as train.py does: the fits, bare loops and data paths all run with it

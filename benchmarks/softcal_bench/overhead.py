@@ -33,7 +33,7 @@ class BareLoop:
     """(c): a copy of (a)'s model trained by hand, one step at a time."""
 
     def __init__(self, model: L.LightningModule) -> None:
-        self.model = copy.deepcopy(model)  # taken before fit: (a)'s initial weights
+        self.model = copy.deepcopy(model)  # taken before fit, while no trainer is attached
         self.device = torch.device("cpu")
 
     def attach(self, trainer: L.Trainer) -> None:
@@ -41,6 +41,8 @@ class BareLoop:
         model, self.dm = self.model, trainer.datamodule
         self.device = trainer.strategy.root_device
         model.to(self.device)
+        # (a)'s state as its training starts: anything its setup hooks computed (buffers too).
+        model.load_state_dict(trainer.lightning_module.state_dict())
         model.configure_model()  # torch.compile, where the config asks for it
         model.trainer = trainer  # its configure_optimizers reads trainer.estimated_stepping_batches
         try:
@@ -178,14 +180,17 @@ class InterleavedRun:
 
 
 @torch.no_grad()
-def test_accuracy(model: L.LightningModule, dm: Any) -> float:
+def final_accuracy(model: L.LightningModule, dm: Any) -> float:
     """Top-1 accuracy of the final weights on the test split, preprocessed as in evaluation."""
     model.eval()
-    images, labels = dm.splits["test"]
-    correct = 0
-    for x, y in TensorBatchLoader(images, labels, dm.eval_batch_size, shuffle=False):
-        correct += int((model(dm.preprocess(x.to(model.device))).argmax(1).cpu() == y).sum())
-    return correct / max(len(labels), 1)
+    correct = sum(int((model(dm.preprocess(x.to(model.device))).argmax(1).cpu() == y.cpu()).sum())
+                  for x, y in dm.test_dataloader())  # fmt: skip
+    return correct / max(len(dm.splits["test"][1]), 1)
+
+
+def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    """Bit for bit; Lightning moves (a) back to the CPU when its fit ends, the bare loops stay."""
+    return all(torch.equal(p, q.to(p.device)) for p, q in zip(a.parameters(), b.parameters(), strict=True))
 
 
 def run_interleaved(cli_args: Sequence[str], repeats: int) -> list[InterleavedRun]:
@@ -202,8 +207,8 @@ def run_interleaved(cli_args: Sequence[str], repeats: int) -> list[InterleavedRu
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
         cli.datamodule.setup("test")
         models = [cli.model, *(loop.model for loop in loops)]
-        accs = tuple(test_accuracy(m, cli.datamodule) for m in models)
-        same = tuple(all(map(torch.equal, cli.model.parameters(), m.parameters())) for m in models[1:])
+        accs = tuple(final_accuracy(m, cli.datamodule) for m in models)
+        same = tuple(same_weights(cli.model, m) for m in models[1:])
         runs.append(InterleavedRun(interleave.epochs, accs, same))
     return runs
 
