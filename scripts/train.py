@@ -6,8 +6,7 @@
     python scripts/train.py --ckpt_path last               # resume the newest run
 """
 
-from softcal.apps.cli import train
-from softcal.errors import exit_on_user_error
+from softcal.apps.train import command
 
 if __name__ == "__main__":
-    exit_on_user_error(train)()
+    command()

@@ -82,7 +82,7 @@ def mnist_sized_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_run(mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One tiny MNIST-format training run (seconds), shared by the evaluate/predict tests."""
-    from softcal.apps.cli import train
+    from softcal.apps.train import main as train
 
     save_dir = tmp_path_factory.mktemp("runs")
     results = train([

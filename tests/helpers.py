@@ -24,6 +24,17 @@ class KillAtStep(L.Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+class InterruptAtStep(L.Callback):
+    """Raise KeyboardInterrupt (what Ctrl-C raises) once ``step`` optimizer steps are done."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step >= self.step:
+            raise KeyboardInterrupt
+
+
 class NaNAfter(nn.Module):
     """DigitCNN whose logits turn to NaN from the ``after``-th training forward pass on."""
 

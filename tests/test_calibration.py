@@ -16,8 +16,8 @@ from softcal.calibration.metrics import (
     TopLabelBins,
     bin_index,
     calibration_metrics,
-    fit_temperature,
 )
+from softcal.calibration.temperature import MAX_TEMPERATURE, fit_temperature
 
 # ----------------------------------------------------------------------------- reference
 
@@ -146,17 +146,38 @@ def test_temperature_scaling_recovers_a_known_temperature(true_t):
     clean = torch.randn(n, k, generator=gen) * 2.5
     # Labels drawn from softmax(clean): a model reporting clean * true_t has temperature true_t.
     labels = torch.multinomial(torch.softmax(clean, 1), 1, generator=gen).squeeze(1)
-    logits = clean * true_t
-    fitted = fit_temperature(logits, labels)
+    fitted = fit_temperature(clean * true_t, labels)
     assert fitted == pytest.approx(true_t, rel=0.02)
-    assert torch.equal((logits / fitted).argmax(1), logits.argmax(1))
 
 
-def test_temperature_never_changes_predictions():
-    logits = torch.randn(500, 6, generator=torch.Generator().manual_seed(3)) * 4
-    labels = torch.randint(0, 6, (500,), generator=torch.Generator().manual_seed(4))
+def test_fitted_temperature_minimises_the_nll():
+    """The fitted T beats its neighbours on the data it was fitted to."""
+    gen = torch.Generator().manual_seed(3)
+    clean = torch.randn(500, 6, generator=gen)
+    labels = torch.multinomial(torch.softmax(clean, 1), 1, generator=gen).squeeze(1)
+    logits = clean * 4
     t = fit_temperature(logits, labels)
-    assert t > 0 and torch.equal((logits / t).argmax(1), logits.argmax(1))
+    assert 1.5 < t < 10  # overconfident by about 4
+
+    def nll(temperature: float) -> float:
+        return float(torch.nn.functional.cross_entropy(logits.double() / temperature, labels))
+
+    assert nll(t) < nll(t * 1.05) and nll(t) < nll(t / 1.05)
+
+
+def test_a_model_that_knows_nothing_is_clamped_to_the_upper_bound():
+    # Labels independent of the logits: uniform predictions (T -> infinity) minimise the NLL.
+    logits = torch.randn(2000, 5, generator=torch.Generator().manual_seed(0)) * 3
+    labels = torch.arange(2000) % 5
+    assert fit_temperature(logits, labels) == MAX_TEMPERATURE
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_logits_give_no_temperature(bad):
+    logits = torch.randn(100, 4)
+    logits[7, 2] = bad
+    assert fit_temperature(logits, torch.zeros(100, dtype=torch.long)) is None
+    assert fit_temperature(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long)) is None
 
 
 # ----------------------------------------------------------------------------- figures

@@ -1,4 +1,5 @@
-"""The LightningModule's steps, a CPU fast_dev_run, and the train script end to end."""
+"""The LightningModule's steps, its temperature state, the optimiser and schedules, the train
+workflow in-process, and the train script end to end as the README runs it."""
 
 from __future__ import annotations
 
@@ -11,65 +12,192 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from softcal.apps.cli import format_results, train, trainer_settings_error
+from softcal.apps.cli import trainer_settings_error
+from softcal.apps.train import format_results
+from softcal.apps.train import main as train
+from softcal.calibration.temperature import collect_logits, fit_temperature
 from softcal.data import MNISTDataModule
 from softcal.errors import CheckpointError, SoftcalError
 from softcal.model.module import Classifier
-from softcal.model.nets import DigitCNN, ResNet
+from softcal.model.optimization import build_schedule, parameter_groups
 from softcal.runs.files import resolve_checkpoint
 from tests.conftest import TINY, run_script
 
 
-def test_nets_give_logits_of_the_right_shape():
-    assert DigitCNN(1, 10)(torch.randn(3, 1, 28, 28)).shape == (3, 10)
-    assert DigitCNN(3, 5, image_size=32)(torch.randn(2, 3, 32, 32)).shape == (2, 5)
-    assert ResNet(3, 100, base_width=8, blocks=(1, 1))(torch.randn(2, 3, 32, 32)).shape == (2, 100)
+def _tiny(root: Path, save_dir: Path, *extra: str) -> list[str]:
+    return ["--config", "configs/mnist.yaml", *TINY, "--data.init_args.root", str(root),
+            "--trainer.logger.init_args.save_dir", str(save_dir), *extra]  # fmt: skip
 
 
-def test_shared_step_loss_is_cross_entropy_on_logits_and_metrics_on_softmax():
+def _state(path: str | Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+# ----------------------------------------------------------------------------- the module
+
+
+def test_loss_is_cross_entropy_on_logits_and_probabilities_are_softmax_over_t():
     model = Classifier(num_classes=10, in_channels=1)
     x, y = torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
     model.train()
+    torch.manual_seed(0)
     loss = model.training_step((x, y), 0)
+    torch.manual_seed(0)
+    assert torch.isclose(loss, F.cross_entropy(model(x), y))
     model.eval()
     with torch.no_grad():
         logits = model(x)
-    assert torch.allclose(model.probabilities(logits).sum(1), torch.ones(16), atol=1e-6)
-    model.temperature.fill_(2.0)
+    assert torch.allclose(model.probabilities(logits), torch.softmax(logits, 1))  # not fitted: T = 1
+    model.set_temperature(2.0)
     assert torch.allclose(model.probabilities(logits), torch.softmax(logits / 2, 1), atol=1e-6)
     assert torch.allclose(model.probabilities(logits, calibrated=False), torch.softmax(logits, 1))
-    assert loss.ndim == 0 and loss.requires_grad
-    # the returned loss is exactly cross-entropy of the logits (BatchNorm in eval = same net)
-    model.train()
-    torch.manual_seed(0)
-    assert torch.isclose(model.training_step((x, y), 0), F.cross_entropy(model(x), y))
 
 
 def test_label_smoothing_is_an_option_and_off_by_default():
     assert Classifier().hparams.label_smoothing == 0.0
     model = Classifier(label_smoothing=0.1)
     x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
-    assert torch.isclose(model.training_step((x, y), 0),
-                         F.cross_entropy(model(x), y, label_smoothing=0.1))  # fmt: skip
+    torch.manual_seed(0)
+    loss = model.training_step((x, y), 0)
+    torch.manual_seed(0)
+    assert torch.isclose(loss, F.cross_entropy(model(x), y, label_smoothing=0.1))
+    assert not torch.isclose(loss, F.cross_entropy(model(x), y))
 
 
-def test_fast_dev_run_on_cpu(mnist_root, tmp_path):
+def test_temperature_state_is_explicit_and_travels_in_the_state_dict():
+    model = Classifier()
+    assert model.fitted_temperature() is None and float(model.temperature) == 1.0
+    model.set_temperature(1.0)  # a fitted T of exactly 1 is fitted, not "uncalibrated"
+    assert model.fitted_temperature() == 1.0
+    model.set_temperature(0.75)
+    copy = Classifier()
+    copy.load_state_dict(model.state_dict())
+    assert copy.fitted_temperature() == 0.75
+    model.set_temperature(None)
+    assert model.fitted_temperature() is None and float(model.temperature) == 1.0
+
+
+# ----------------------------------------------------------------------------- optimisation
+
+
+def test_weight_decay_skips_batchnorm_and_biases_and_frozen_layers():
+    from softcal.model.whitened_cnn import WhitenedCNN
+
+    net = WhitenedCNN(3, 10, widths=(8, 16, 16))
+    decay, other = parameter_groups(net, weight_decay=0.1, bias_lr_scale=4.0, lr=0.5)
+    assert decay["weight_decay"] == 0.1 and other["weight_decay"] == 0.0
+    assert decay["lr"] == 0.5 and other["lr"] == 2.0
+    decayed, not_decayed = {id(p) for p in decay["params"]}, {id(p) for p in other["params"]}
+    for name, p in net.named_parameters():
+        if not p.requires_grad:  # the whitening filters and the frozen BatchNorm scales
+            assert id(p) not in decayed | not_decayed, name
+        elif p.ndim > 1:
+            assert id(p) in decayed, name
+        else:  # BatchNorm shifts, the whitening bias
+            assert id(p) in not_decayed, name
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+
+
+def _lrs(name: str, total: int = 100, warmup: float = 0.2) -> list[float]:
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    schedule = build_schedule(optimizer, name, total, warmup, planned=None)
+    lrs = []
+    for _ in range(total):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    return lrs
+
+
+def test_cosine_schedule_warms_up_linearly_then_decays_to_zero():
+    lrs = _lrs("cosine")
+    assert lrs[0] == pytest.approx(1 / 20) and lrs[19] == pytest.approx(1.0)
+    assert lrs[20] == pytest.approx(1.0) and lrs[60] == pytest.approx(0.5, abs=0.02)
+    assert lrs[-1] < 0.002 and all(a >= b for a, b in zip(lrs[20:], lrs[21:], strict=False))
+
+
+def test_linear_schedule_is_a_triangle_from_a_fifth_of_the_peak():
+    lrs = _lrs("linear")
+    assert lrs[0] == pytest.approx(0.2) and lrs[10] == pytest.approx(0.6) and lrs[20] == pytest.approx(1.0)
+    assert lrs[60] == pytest.approx(0.5) and lrs[99] == pytest.approx(1 / 80)
+
+
+def test_onecycle_peaks_at_the_warmup_end_and_constant_has_no_scheduler():
+    lrs = _lrs("onecycle")
+    # OneCycleLR reaches its peak at step pct_start * total - 1
+    assert max(lrs) == pytest.approx(1.0, rel=1e-3) and lrs.index(max(lrs)) == 19
+    assert lrs[0] < 0.05 and lrs[-1] < 1e-3
+    model = Classifier(lr_schedule="constant")
+    assert isinstance(model.configure_optimizers(), torch.optim.AdamW)
+
+
+# ----------------------------------------------------------------------------- train, in-process
+
+
+def test_fast_dev_run_predictions_are_the_calibrated_softmax_of_the_test_split(mnist_root, tmp_path):
     dm = MNISTDataModule(root=str(mnist_root), val_size=100, batch_size=32, download=False)
     model = Classifier(num_classes=dm.num_classes, in_channels=dm.in_channels,
                        class_names=dm.class_names)  # fmt: skip
     trainer = L.Trainer(accelerator="cpu", fast_dev_run=2, default_root_dir=tmp_path,
                         enable_progress_bar=False, logger=False)  # fmt: skip
     trainer.fit(model, datamodule=dm)
-    results = trainer.test(model, datamodule=dm, verbose=False)[0]
-    assert 0.0 <= results["test/acc"] <= 1.0 and "test_calibrated/ece" in results
-    predictions = trainer.predict(model, datamodule=dm)
-    assert torch.allclose(predictions[0].sum(1), torch.ones(len(predictions[0])), atol=1e-5)
+    model.set_temperature(1.5)
+    predictions = torch.cat(trainer.predict(model, datamodule=dm))
+    images, labels = dm.splits["test"]
+    logits, _ = collect_logits(model, [(images[:len(predictions)], labels)], dm.preprocess,
+                               torch.device("cpu"))  # fmt: skip
+    assert torch.allclose(predictions, torch.softmax(logits / 1.5, 1), atol=1e-6)
+
+
+def test_temperature_is_fitted_at_validation_and_stored_once_in_each_checkpoint(mnist_root, tmp_path):
+    results = train(_tiny(mnist_root, tmp_path))
+    run_dir = Path(results["run_dir"])
+    assert not (run_dir / "temperature.json").exists()
+    best, last = _state(results["checkpoint"]), _state(run_dir / "checkpoints" / "last.ckpt")
+    # One epoch: best and last are the same weights, so they carry the same T, fitted.
+    assert bool(best["temperature_fitted"]) and bool(last["temperature_fitted"])
+    assert float(best["temperature"]) == float(last["temperature"]) == results["temperature"]
+    # An independent fit on the checkpoint's validation logits gives the same T.
+    from softcal.runs.load import load_run
+
+    run = load_run(run_dir)
+    run.datamodule.setup("fit")
+    logits, labels = collect_logits(run.model, [run.datamodule.splits["val"]],
+                                    run.datamodule.preprocess, torch.device("cpu"))  # fmt: skip
+    assert results["temperature"] == pytest.approx(fit_temperature(logits, labels), rel=1e-5)
+    assert results["metrics"]["test/acc"] == results["metrics"]["test_calibrated/acc"]
+    assert results["metrics"]["test/nll"] != results["metrics"]["test_calibrated/nll"]
+
+
+def test_calibrate_false_leaves_every_checkpoint_unfitted(mnist_root, tmp_path, capsys):
+    results = train(_tiny(mnist_root, tmp_path, "--calibrate", "false"))
+    assert results["temperature"] is None
+    assert not bool(_state(results["checkpoint"])["temperature_fitted"])
+    metrics = results["metrics"]
+    for name in ("acc", "ece", "nll", "brier"):  # T = 1: "calibrated" is the raw softmax
+        assert metrics[f"test_calibrated/{name}"] == metrics[f"test/{name}"], name
+    assert "calibrated (T = 1, not fitted)" in capsys.readouterr().out
+
+
+def test_a_checkpoint_saved_mid_epoch_is_marked_not_fitted(mnist_root, tmp_path):
+    """Weights saved between validations have moved since T was fitted: not fitted."""
+    with pytest.raises(SystemExit) as stopped:
+        train(_tiny(mnist_root, tmp_path, "--trainer.max_epochs", "2",
+                    "--last_checkpoint.every_n_train_steps", "6",
+                    "--trainer.callbacks+=tests.helpers.InterruptAtStep",
+                    "--trainer.callbacks.step", "7"))  # fmt: skip
+    assert stopped.value.code == 130  # Ctrl-C: the shell's code for an interrupt
+    run_dir = tmp_path / "mnist" / "version_0"
+    assert not (run_dir / "results.json").exists()
+    saved = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert saved["global_step"] == 6 and saved["epoch"] == 1  # mid-way through the second epoch
+    assert not bool(saved["state_dict"]["temperature_fitted"])
 
 
 def test_startup_objects_are_frozen_while_training_and_released_after(mnist_root, tmp_path):
     import gc
 
-    from softcal.runs.callbacks import FreezeStartupObjects
+    from softcal.allocator import FreezeStartupObjects
 
     seen = []
 
@@ -117,121 +245,11 @@ def test_freed_memory_is_kept_unless_switched_off(mnist_root, monkeypatch):
 def test_results_table_lists_raw_and_calibrated():
     table = format_results({"test/acc": 0.99, "test/ece": 0.02, "test_calibrated/acc": 0.99,
                             "test_calibrated/ece": 0.01, "test/nll": 0.05}, 1.5, "title")  # fmt: skip
-    assert "99.00%" in table and "2.00%" in table and "1.00%" in table and "T = 1.500" in table
-
-
-def _events(run_dir: Path):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(run_dir), size_guidance={"images": 0, "scalars": 0})
-    acc.Reload()
-    return acc
-
-
-def test_train_script_end_to_end_as_the_readme_shows(mnist_sized_root, tmp_path):
-    """The README's smoke command, run as a subprocess: checkpoint, config, TensorBoard."""
-    proc = run_script(
-        "train.py", "--config", "configs/mnist.yaml", "--config", "configs/smoke.yaml",
-        env={"SOFTCAL_DATA_ROOT": str(mnist_sized_root)}, cwd=tmp_path,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "MNIST test set" in proc.stdout and "calibrated (T = " in proc.stdout
-    run_dir = tmp_path / "runs" / "mnist" / "version_0"
-    assert (run_dir / "config.yaml").is_file()
-    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
-    assert list((run_dir / "checkpoints").glob("best-*.ckpt"))
-    results = json.loads((run_dir / "results.json").read_text())
-    assert results["metrics"]["test/acc"] == results["metrics"]["test_calibrated/acc"]
-    temperature = json.loads((run_dir / "temperature.json").read_text())["temperature"]
-    best = torch.load(results["checkpoint"], map_location="cpu", weights_only=True)
-    assert float(best["state_dict"]["temperature"]) == pytest.approx(temperature)
-    scalars = set(_events(run_dir).Tags()["scalars"])
-    for tag in ("train/loss", "train/acc", "val/acc", "val/ece", "test/acc", "test/ece",
-                "test_calibrated/ece", "test/nll", "test/brier", "test/adaptive_ece"):  # fmt: skip
-        assert tag in scalars, tag
-
-
-def test_reliability_diagrams_every_validation_epoch_and_at_test(mnist_root, tmp_path):
-    train([
-        "--config", "configs/mnist.yaml", *TINY, "--trainer.max_epochs", "2",
-        "--data.init_args.root", str(mnist_root),
-        "--trainer.logger.init_args.save_dir", str(tmp_path),
-    ])  # fmt: skip
-    events = _events(tmp_path / "mnist" / "version_0")
-    images = events.Tags()["images"]
-    assert len(events.Images("val/reliability_diagram")) == 2
-    for tag in ("test/reliability_diagram", "test_calibrated/reliability_diagram",
-                "val/confidence_histogram", "val/confusion_matrix", "test/confusion_matrix"):  # fmt: skip
-        assert tag in images, tag
-
-
-@pytest.mark.parametrize("config,fixture", [("configs/cifar10.yaml", "cifar10_root"),
-                                            ("configs/cifar100.yaml", "cifar100_root")])  # fmt: skip
-def test_cifar_configs_train(config, fixture, tmp_path, request):
-    root = request.getfixturevalue(fixture)
-    results = train([
-        "--config", config, *TINY, "--data.init_args.val_size", "50",
-        "--model.net.init_args.base_width", "8", "--data.init_args.root", str(root),
-        "--trainer.logger.init_args.save_dir", str(tmp_path),
-    ])  # fmt: skip
-    assert 0.0 <= results["metrics"]["test/acc"] <= 1.0
-    if "cifar100" in config:
-        assert "test/acc_top5" in results["metrics"]
-
-
-def test_image_folder_config_learns(image_folder, tmp_path):
-    results = train([
-        "--config", "configs/cifar10_sample.yaml", "--trainer.max_epochs", "6",
-        "--trainer.enable_progress_bar", "false", "--data.init_args.batch_size", "16",
-        "--data.init_args.val_size", "0.2", "--data.init_args.root", str(image_folder.parent),
-        "--data.init_args.folder", image_folder.name, "--data.init_args.mean", "[0.5,0.5,0.5]",
-        "--data.init_args.std", "[0.25,0.25,0.25]", "--model.lr", "0.05",
-        "--trainer.logger.init_args.save_dir", str(tmp_path),
-    ])  # fmt: skip
-    assert results["metrics"]["test/acc"] > 0.5  # three classes: chance is 1/3
-
-
-def test_missing_data_is_one_line_without_traceback(tmp_path):
-    proc = run_script("train.py", env={"SOFTCAL_DATA_ROOT": str(tmp_path / "empty")}, cwd=tmp_path)
-    assert proc.returncode == 2
-    assert "Traceback" not in proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "MNIST not found" in errors[0] and "SOFTCAL_DATA_ROOT" in errors[0]
-
-
-def test_train_without_checkpointing_tests_the_final_weights(mnist_root, tmp_path):
-    proc = run_script(
-        "train.py", *TINY, "--trainer.limit_train_batches", "2", "--trainer.enable_checkpointing",
-        "false", "--data.init_args.root", str(mnist_root), cwd=tmp_path,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "MNIST test set, final weights (no checkpoint saved)" in proc.stdout
-    run_dir = tmp_path / "runs" / "mnist" / "version_0"
-    results = json.loads((run_dir / "results.json").read_text())
-    assert results["checkpoint"] is None and 0.0 <= results["metrics"]["test/acc"] <= 1.0
-    temperature = json.loads((run_dir / "temperature.json").read_text())["temperature"]
-    assert results["temperature"] == pytest.approx(temperature)
-    assert not (run_dir / "checkpoints").exists()  # neither best-*.ckpt nor last.ckpt
-    # What needs a checkpoint says so in one line: evaluate/predict/export, and resuming.
-    with pytest.raises(CheckpointError, match="enable_checkpointing false saves none"):
-        resolve_checkpoint(run_dir)
-    with pytest.raises(SoftcalError, match="no run in .* has checkpoints/last.ckpt"):
-        train(["--ckpt_path", "last", "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
-               "--data.init_args.root", str(mnist_root)])  # fmt: skip
-
-
-def test_conflicting_trainer_settings_are_one_line_without_machine_advice(mnist_root, tmp_path):
-    """Only accelerator and device problems are told to change the accelerator."""
-    proc = run_script(
-        "train.py", *TINY, "--trainer.enable_checkpointing", "false", "--trainer.callbacks",
-        "lightning.pytorch.callbacks.ModelCheckpoint", "--data.init_args.root", str(mnist_root),
-        cwd=tmp_path,
-    )  # fmt: skip
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, proc.stderr
-    assert errors[0].startswith("error: invalid trainer settings: Trainer was configured with")
-    assert "`enable_checkpointing=False`" in errors[0] and "accelerator" not in errors[0]
+    lines = table.splitlines()
+    assert lines[0] == "title" and "calibrated (T = 1.500)" in lines[1]
+    assert lines[3].split() == ["acc", "99.00%", "99.00%"]
+    assert lines[4].split() == ["ece", "2.00%", "1.00%"]
+    assert lines[5].split() == ["nll", "0.0500"]
 
 
 @pytest.mark.parametrize("message", [
@@ -246,25 +264,6 @@ def test_device_problems_keep_the_machine_advice(message):
     assert "--trainer.accelerator cpu" in text and "\n" not in text
 
 
-def test_unknown_config_key_is_rejected(tmp_path):
-    proc = run_script("train.py", "--model.learning_rate", "0.1", cwd=tmp_path)
-    assert proc.returncode != 0 and "learning_rate" in proc.stderr
-    assert "Traceback" not in proc.stderr
-
-
-def test_gpu_overlay_runs_on_cpu_with_bf16(mnist_root, tmp_path):
-    """configs/gpu.yaml's settings (bf16-mixed, channels_last, pinned/device-resident data)
-    through the same code path on the CPU; compile is exercised separately below."""
-    results = train([
-        "--config", "configs/mnist.yaml", "--config", "configs/gpu.yaml", *TINY,
-        "--trainer.accelerator", "cpu", "--model.compile", "false",
-        "--data.init_args.root", str(mnist_root),
-        "--trainer.logger.init_args.save_dir", str(tmp_path),
-    ])  # fmt: skip
-    assert 0.0 <= results["metrics"]["test/acc"] <= 1.0
-    assert results["metrics"]["test/acc"] == results["metrics"]["test_calibrated/acc"]
-
-
 def test_compile_switch_wraps_the_net_but_checkpoints_hold_plain_weights(monkeypatch):
     calls = []
 
@@ -276,5 +275,152 @@ def test_compile_switch_wraps_the_net_but_checkpoints_hold_plain_weights(monkeyp
     model = Classifier(compile=True)
     model.configure_model()
     assert calls == [model.net]
-    assert not any("_orig_mod" in key for key in model.state_dict())
-    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    assert all(not key.startswith("_compiled") for key in model.state_dict())
+
+
+# ----------------------------------------------------------------------------- slower runs
+
+
+def _events(run_dir: Path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    return acc
+
+
+@pytest.mark.slow
+def test_train_script_end_to_end_as_the_readme_shows(mnist_sized_root, tmp_path):
+    """The README's smoke command, run as a subprocess: checkpoint, config, TensorBoard."""
+    proc = run_script(
+        "train.py", "--config", "configs/mnist.yaml", "--config", "configs/smoke.yaml",
+        env={"SOFTCAL_DATA_ROOT": str(mnist_sized_root)}, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "MNIST test set" in proc.stdout and "calibrated (T = " in proc.stdout
+    run_dir = tmp_path / "runs" / "mnist" / "version_0"
+    assert (run_dir / "config.yaml").is_file()
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["metrics"]["test/acc"] == results["metrics"]["test_calibrated/acc"]
+    assert float(_state(results["checkpoint"])["temperature"]) == results["temperature"]
+    assert bool(_state(run_dir / "checkpoints" / "last.ckpt")["temperature_fitted"])
+    scalars = set(_events(run_dir).Tags()["scalars"])
+    for tag in ("train/loss", "train/acc", "val/acc", "val/ece", "val/temperature", "test/acc", "test/ece",
+                "test_calibrated/ece", "test/nll", "test/brier", "test/adaptive_ece"):  # fmt: skip
+        assert tag in scalars, tag
+
+
+@pytest.mark.slow
+def test_reliability_diagrams_every_validation_epoch_and_at_test(mnist_root, tmp_path):
+    train(_tiny(mnist_root, tmp_path, "--trainer.max_epochs", "2"))
+    events = _events(tmp_path / "mnist" / "version_0")
+    images = events.Tags()["images"]
+    assert len(events.Images("val/reliability_diagram")) == 2
+    for tag in ("test/reliability_diagram", "test_calibrated/reliability_diagram",
+                "val/confidence_histogram", "val/confusion_matrix", "test/confusion_matrix"):  # fmt: skip
+        assert tag in images, tag
+    train(_tiny(mnist_root, tmp_path / "none", "--figures", "false"))
+    assert not _events(tmp_path / "none" / "mnist" / "version_0").Tags()["images"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config,fixture,classes", [
+    ("configs/cifar10.yaml", "cifar10_root", 10), ("configs/cifar100.yaml", "cifar100_root", 100),
+])  # fmt: skip
+def test_cifar_configs_train_the_whitened_net(config, fixture, classes, tmp_path, request):
+    root = request.getfixturevalue(fixture)
+    results = train([
+        "--config", config, *TINY, "--data.init_args.val_size", "50",
+        "--model.net.init_args.widths", "[8, 16, 16]", "--data.init_args.root", str(root),
+        "--trainer.logger.init_args.save_dir", str(tmp_path),
+    ])  # fmt: skip
+    state = _state(results["checkpoint"])
+    assert bool(state["net.whiten.fitted"]), "the whitening layer was fitted from the data"
+    assert state["net.head.weight"].shape[0] == classes
+    assert results["temperature"] is not None
+    metrics = results["metrics"]
+    assert metrics["test/acc_top5"] >= metrics["test/acc"]
+
+
+@pytest.mark.slow
+def test_image_folder_config_learns(image_folder, tmp_path):
+    results = train([
+        "--config", "configs/cifar10_sample.yaml", "--trainer.max_epochs", "6",
+        "--trainer.enable_progress_bar", "false", "--data.init_args.batch_size", "16",
+        "--data.init_args.val_size", "0.2", "--data.init_args.root", str(image_folder.parent),
+        "--data.init_args.folder", image_folder.name, "--data.init_args.mean", "[0.5,0.5,0.5]",
+        "--data.init_args.std", "[0.25,0.25,0.25]", "--model.lr", "0.05",
+        "--trainer.logger.init_args.save_dir", str(tmp_path),
+    ])  # fmt: skip
+    assert results["metrics"]["test/acc"] > 0.5  # three classes: chance is 1/3
+
+
+@pytest.mark.slow
+def test_missing_data_is_one_line_without_traceback(tmp_path):
+    proc = run_script("train.py", env={"SOFTCAL_DATA_ROOT": str(tmp_path / "empty")}, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "MNIST not found" in errors[0] and "SOFTCAL_DATA_ROOT" in errors[0]
+
+
+@pytest.mark.slow
+def test_train_without_checkpointing_tests_the_final_weights(mnist_root, tmp_path):
+    proc = run_script(
+        "train.py", *TINY, "--trainer.limit_train_batches", "2", "--trainer.enable_checkpointing",
+        "false", "--data.init_args.root", str(mnist_root), cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "MNIST test set, final weights (no checkpoint saved)" in proc.stdout
+    run_dir = tmp_path / "runs" / "mnist" / "version_0"
+    results = json.loads((run_dir / "results.json").read_text())
+    # the last validation fitted T for exactly the final weights, which are what was tested
+    assert results["checkpoint"] is None and results["temperature"] is not None
+    assert f"calibrated (T = {results['temperature']:.3f})" in proc.stdout
+    assert not (run_dir / "checkpoints").exists()  # neither best-*.ckpt nor last.ckpt
+    # What needs a checkpoint says so in one line: evaluate/predict/export, and resuming.
+    with pytest.raises(CheckpointError, match="enable_checkpointing false saves none"):
+        resolve_checkpoint(run_dir)
+    with pytest.raises(SoftcalError, match="no run in .* has checkpoints/last.ckpt"):
+        train(["--ckpt_path", "last", "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
+               "--data.init_args.root", str(mnist_root)])  # fmt: skip
+
+
+@pytest.mark.slow
+def test_conflicting_trainer_settings_are_one_line_without_machine_advice(mnist_root, tmp_path):
+    """Only accelerator and device problems are told to change the accelerator."""
+    proc = run_script(
+        "train.py", *TINY, "--trainer.enable_checkpointing", "false", "--trainer.callbacks",
+        "lightning.pytorch.callbacks.ModelCheckpoint", "--data.init_args.root", str(mnist_root),
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr
+    assert errors[0].startswith("error: invalid trainer settings: Trainer was configured with")
+    assert "`enable_checkpointing=False`" in errors[0] and "accelerator" not in errors[0]
+
+
+@pytest.mark.slow
+def test_unknown_config_key_is_rejected(tmp_path):
+    proc = run_script("train.py", "--model.learning_rate", "0.1", cwd=tmp_path)
+    assert proc.returncode != 0 and "learning_rate" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_gpu_overlay_runs_on_cpu_with_bf16(mnist_root, tmp_path):
+    """configs/gpu.yaml's settings (bf16-mixed, channels_last, pinned/device-resident data)
+    through the same code path on the CPU; compile is exercised separately above."""
+    results = train([
+        "--config", "configs/mnist.yaml", "--config", "configs/gpu.yaml", *TINY,
+        "--trainer.accelerator", "cpu", "--model.compile", "false",
+        "--data.init_args.root", str(mnist_root),
+        "--trainer.logger.init_args.save_dir", str(tmp_path),
+    ])  # fmt: skip
+    saved = (Path(results["run_dir"]) / "config.yaml").read_text()
+    assert "precision: bf16-mixed" in saved
+    state = _state(results["checkpoint"])
+    assert state["net.classifier.weight"].dtype == torch.float32  # bf16 computes, fp32 stores
+    assert results["temperature"] is not None
+    assert results["metrics"]["test/acc"] == results["metrics"]["test_calibrated/acc"]

@@ -1,4 +1,4 @@
-"""Calibration metrics and temperature scaling, all computed from softmax probabilities.
+"""Calibration metrics, all computed from softmax probabilities.
 
 A classifier is calibrated when, among the predictions it makes with confidence c, a fraction
 c is correct. The metrics here measure the gap:
@@ -216,56 +216,3 @@ def calibration_metrics(num_classes: int, prefix: str, n_bins: int = 15) -> Metr
         metrics["acc_top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
     # compute_groups lets ECE, MCE and RMS share one set of bin sums.
     return MetricCollection(metrics, prefix=prefix, compute_groups=True)
-
-
-# ----------------------------------------------------------------------------- temperature
-
-MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-2, 1e2
-
-
-def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 200) -> float:
-    """The temperature T minimising NLL of softmax(logits / T) on held-out (validation) data.
-
-    T is optimised as log T, so it stays positive without constraints, with L-BFGS in float64
-    (one scalar parameter: this converges in a handful of steps). Dividing by T > 0 keeps the
-    order of the logits, so the predicted class - and accuracy - cannot change.
-    """
-    logits = logits.detach().double()
-    labels = labels.detach().long()
-    log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS(
-        [log_t], lr=0.5, max_iter=max_iter, line_search_fn="strong_wolfe",
-        tolerance_grad=1e-10, tolerance_change=1e-12,
-    )  # fmt: skip
-
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad()
-        loss = F.cross_entropy(logits / log_t.exp(), labels)
-        loss.backward()
-        return loss
-
-    optimizer.step(closure)
-    temperature = float(log_t.detach().exp())
-    if not torch.isfinite(torch.tensor(temperature)):
-        return 1.0
-    # A model that knows nothing drives T towards infinity (uniform predictions minimise its
-    # NLL); the bounds keep such a T readable without affecting any trained model.
-    return min(max(temperature, MIN_TEMPERATURE), MAX_TEMPERATURE)
-
-
-@torch.no_grad()
-def collect_logits(
-    net: torch.nn.Module, batches, preprocess, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run ``net`` in eval mode over (uint8 images, labels) batches; return logits and labels."""
-    was_training = net.training
-    net.eval()
-    all_logits, all_labels = [], []
-    try:
-        for images, labels in batches:
-            x = preprocess(images.to(device, non_blocking=True))
-            all_logits.append(net(x).float().cpu())
-            all_labels.append(labels.cpu())
-    finally:
-        net.train(was_training)
-    return torch.cat(all_logits), torch.cat(all_labels)

@@ -227,6 +227,13 @@ class ClassificationDataModule(L.LightningDataModule):
                 images = augment_batch(images, self.crop_padding, self.hflip, generator)
             return normalize(images, *self._stats_on(images.device))
 
+    def training_sample(self, n: int) -> torch.Tensor:
+        """The first ``n`` training images, normalised and not augmented (the split is already
+        shuffled): what a net with a data-dependent first layer is fitted on."""
+        if "train" not in self.splits:
+            self.setup("fit")
+        return self.preprocess(self.splits["train"][0][:n])
+
     def _stats_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """mean and std as tensors on ``device``, made once: building them from Python floats
         for every batch would copy host-to-GPU, and wait for it, at each step."""

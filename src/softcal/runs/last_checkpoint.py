@@ -1,8 +1,7 @@
-"""Callbacks that the CLI adds to every run."""
+"""``checkpoints/last.ckpt``, kept current by a callback."""
 
 from __future__ import annotations
 
-import gc
 from pathlib import Path
 
 import lightning as L
@@ -51,26 +50,3 @@ class LastCheckpoint(L.Callback):
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self._save(trainer)
-
-
-class FreezeStartupObjects(L.Callback):
-    """Keep Python's garbage collector off the objects that exist when training starts.
-
-    Importing torch and Lightning and building the run leaves ~470,000 Python objects. Every
-    full collection walks all of them - 0.26 s measured on a 2-core CPU - and the small objects
-    that each Lightning step creates set one off at unpredictable moments: alone it can add 2-3%
-    to an MNIST epoch. ``gc.freeze()`` moves those objects, alive for the whole run anyway, to a
-    generation the collector skips; collections then only see what training creates. They are
-    released to the collector again when training ends, however it ends.
-    """
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        gc.collect()  # set-up garbage goes now instead of being frozen for good
-        gc.freeze()
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        gc.unfreeze()
-
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule,
-                     exception: BaseException) -> None:  # fmt: skip
-        gc.unfreeze()

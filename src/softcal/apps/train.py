@@ -1,0 +1,103 @@
+"""Train, calibrate, test: ``python scripts/train.py`` and ``softcal-train``.
+
+    fit      the Trainer trains; at every validation the TemperatureScaling callback fits T on
+             the validation logits, so each checkpoint carries the T of its own weights
+    best     the best checkpoint's weights and T are loaded back (the final weights when the
+             run saves no checkpoint)
+    test     raw and temperature-scaled metrics on the test split, one table, results.json
+
+Without ``--config`` the default ``configs/mnist.yaml`` is used; any value can be overridden
+(``--trainer.max_epochs 3``), and the resolved config is saved in the run directory.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch import Trainer
+
+from softcal.apps.cli import SoftcalCLI
+from softcal.errors import exit_on_user_error
+from softcal.runs.checkpoints import check_checkpoint_fits, checkpoint_hparams, load_checkpoint
+from softcal.runs.files import atomic_write_json
+from softcal.runs.last_checkpoint import LastCheckpoint
+
+#: Row order of the results table; metrics not listed follow in name order.
+ROW_ORDER = ("acc", "acc_top5", "ece", "mce", "rmsce", "adaptive_ece", "classwise_ece", "brier", "nll",
+             "loss")  # fmt: skip
+
+
+def format_results(results: dict[str, float], temperature: float | None, title: str) -> str:
+    """A two-column table: raw softmax vs temperature-scaled, one row per metric."""
+    names = sorted({k.split("/", 1)[1] for k in results if k.startswith("test/")})
+    names.sort(key=lambda n: ROW_ORDER.index(n) if n in ROW_ORDER else len(ROW_ORDER))
+    t = f"T = {temperature:.3f}" if temperature is not None else "T = 1, not fitted"
+    head = f"{'metric':<15}{'test (T = 1)':>15}{'calibrated (' + t + ')':>26}"
+    lines = [title, head, "-" * len(head)]
+    for name in names:
+        raw = results.get(f"test/{name}", math.nan)
+        cal = results.get(f"test_calibrated/{name}", math.nan)
+        percent = name.startswith("acc") or "ece" in name or name in ("mce", "rmsce")
+        fmt = (lambda v: f"{100 * v:.2f}%") if percent else (lambda v: f"{v:.4f}")
+        lines.append(f"{name:<15}{fmt(raw):>15}{fmt(cal) if not math.isnan(cal) else '':>26}")
+    return "\n".join(lines)
+
+
+def saved_checkpoint(trainer: Trainer) -> str:
+    """The checkpoint to test: the best one, else last.ckpt; "" when the run saved none
+    (--trainer.enable_checkpointing false), and the weights in memory are tested."""
+    checkpoint = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if not checkpoint:
+        last = [c for c in trainer.callbacks if isinstance(c, LastCheckpoint)]
+        checkpoint = last[0].last_model_path if last else ""
+    return checkpoint
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """fit -> best weights (with their T) -> test; returns what results.json holds."""
+    cli = SoftcalCLI(argv)
+    trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
+    if cli.resume_path:  # a checkpoint of another dataset fails here, in one line
+        saved = load_checkpoint(cli.resume_path)
+        check_checkpoint_fits(cli.resume_path, checkpoint_hparams(saved, cli.resume_path), datamodule)
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cli.resume_path)
+    except SystemExit:  # Lightning ends a Ctrl-C'd fit with sys.exit(1) after its shutdown
+        if trainer.interrupted:
+            raise SystemExit(130) from None  # the shell's code for an interrupted command
+        raise
+    if trainer.interrupted:
+        raise SystemExit(130)
+    checkpoint = trainer.strategy.broadcast(saved_checkpoint(trainer))
+    if checkpoint:  # its state_dict holds the temperature fitted for exactly these weights
+        model.load_state_dict(load_checkpoint(checkpoint)["state_dict"])
+    metrics = trainer.test(model, datamodule=datamodule, verbose=False)[0]
+    temperature = model.fitted_temperature()
+    run_dir = Path(trainer.log_dir) if trainer.log_dir and trainer.logger is not None else None
+    results = {
+        "dataset": datamodule.name,
+        "checkpoint": str(Path(checkpoint).resolve()) if checkpoint else None,
+        "temperature": temperature,  # a report: the checkpoint is where T is read from
+        "run_dir": str(run_dir) if run_dir else None,
+        "metrics": {k: float(v) for k, v in sorted(metrics.items())},
+    }
+    if trainer.is_global_zero:
+        report(results, run_dir)
+    return results
+
+
+def report(results: dict[str, Any], run_dir: Path | None) -> None:
+    """results.json in the run directory, and the table on the terminal."""
+    if run_dir is not None:
+        atomic_write_json(run_dir / "results.json", results)
+    checkpoint = results["checkpoint"]
+    tested = f"checkpoint {checkpoint}" if checkpoint else "final weights (no checkpoint saved)"
+    title = f"{results['dataset']} test set, {tested}"
+    print("\n" + format_results(results["metrics"], results["temperature"], title))
+    if run_dir is not None:
+        print(f"\nrun directory: {run_dir}  (tensorboard --logdir {run_dir.parent.parent})")
+
+
+command = exit_on_user_error(main)

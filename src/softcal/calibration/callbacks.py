@@ -1,0 +1,138 @@
+"""Lightning callbacks for calibration: fit the temperature, draw the pictures.
+
+Both read what a LightningModule's ``validation_step`` / ``test_step`` return -
+``{"logits": ..., "labels": ...}`` - so they work in any Trainer with any module that does so.
+The temperature lives in the module (``set_temperature`` / ``fitted_temperature``), which makes
+it part of every checkpoint the Trainer writes; nothing is rewritten afterwards.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from torchmetrics.classification import MulticlassConfusionMatrix
+
+from softcal.calibration.metrics import TopLabelBins
+from softcal.calibration.temperature import fit_temperature
+
+
+def gather_from_all_processes(module: L.LightningModule, values: torch.Tensor) -> torch.Tensor:
+    """Concatenate a tensor whose first dimension differs by process (evaluation shards do)."""
+    if module.trainer.world_size == 1:
+        return values
+    sizes = module.all_gather(torch.tensor(len(values), device=values.device))
+    padded = torch.zeros((int(sizes.max()), *values.shape[1:]), dtype=values.dtype, device=values.device)
+    padded[: len(values)] = values
+    everything = module.all_gather(padded)  # (world_size, max_size, ...)
+    return torch.cat([part[: int(n)] for part, n in zip(everything, sizes, strict=True)])
+
+
+class _StepOutputs(L.Callback):
+    """Collects the (logits, labels) each validation step returns, on every process."""
+
+    def __init__(self) -> None:
+        self._logits: list[torch.Tensor] = []
+        self._labels: list[torch.Tensor] = []
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._logits, self._labels = [], []
+
+    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
+                                batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:  # fmt: skip
+        if not trainer.sanity_checking and isinstance(outputs, dict) and "logits" in outputs:
+            self._logits.append(outputs["logits"].detach().float())
+            self._labels.append(outputs["labels"].detach())
+
+
+class TemperatureScaling(_StepOutputs):
+    """Fit the softmax temperature on the validation logits at the end of every validation.
+
+    The module stores T (a buffer), so each checkpoint carries the T fitted for its own
+    weights: the best checkpoint and ``last.ckpt`` never disagree about what T belongs to
+    which weights. When a training epoch starts the module is marked "not fitted" again - its
+    weights are about to move - so a checkpoint saved mid-epoch says so instead of carrying a
+    stale T. Every process fits the same T from the logits of all processes.
+    """
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        pl_module.set_temperature(None)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not self._logits:
+            return
+        logits = gather_from_all_processes(pl_module, torch.cat(self._logits))
+        labels = gather_from_all_processes(pl_module, torch.cat(self._labels))
+        self._logits, self._labels = [], []
+        temperature = fit_temperature(logits, labels)
+        pl_module.set_temperature(temperature)
+        if temperature is not None:  # val/temperature per epoch: how overconfident it grows
+            pl_module.log("val/temperature", temperature, sync_dist=False)
+
+
+class CalibrationFigures(L.Callback):
+    """Reliability diagram, confidence histogram and confusion matrix in TensorBoard, at the
+    end of every validation and of testing (raw and, at test, temperature-scaled).
+
+    Keeps its own per-bin sums and confusion counts (exact, constant in memory, summed across
+    processes when drawn) from the logits each step returns.
+    """
+
+    def __init__(self, n_bins: int = 15) -> None:
+        self.n_bins = n_bins
+        self._state: dict[str, tuple[TopLabelBins, MulticlassConfusionMatrix]] = {}
+
+    def _update(self, stage: str, pl_module: L.LightningModule, outputs: Any, calibrated: bool) -> None:
+        if stage not in self._state:
+            num_classes = int(pl_module.hparams.num_classes)
+            self._state[stage] = (TopLabelBins(self.n_bins).to(pl_module.device),
+                                  MulticlassConfusionMatrix(num_classes).to(pl_module.device))  # fmt: skip
+        probs = pl_module.probabilities(outputs["logits"], calibrated=calibrated)
+        for metric in self._state[stage]:
+            metric.update(probs, outputs["labels"])
+
+    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
+                                batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:  # fmt: skip
+        if not trainer.sanity_checking:
+            self._update("val", pl_module, outputs, calibrated=False)
+
+    def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
+                          batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:  # fmt: skip
+        self._update("test", pl_module, outputs, calibrated=False)
+        if pl_module.fitted_temperature() is not None:
+            self._update("test_calibrated", pl_module, outputs, calibrated=True)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._draw(trainer, pl_module, ["val"])
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._draw(trainer, pl_module, ["test", "test_calibrated"])
+
+    def _draw(self, trainer: L.Trainer, pl_module: L.LightningModule, stages: list[str]) -> None:
+        for stage in stages:
+            if stage not in self._state:
+                continue
+            bins_metric, confusion_metric = self._state.pop(stage)
+            bins, confusion = bins_metric.compute(), confusion_metric.compute()  # synced
+            experiment = getattr(trainer.logger, "experiment", None)
+            if trainer.is_global_zero and hasattr(experiment, "add_image"):
+                where = f"{stage} (epoch {trainer.current_epoch}, step {trainer.global_step})"
+                for name, image in stage_images(bins, confusion, pl_module.hparams.class_names, where):
+                    experiment.add_image(f"{stage}/{name}", image, trainer.global_step, dataformats="HWC")
+
+
+def stage_images(bins: dict[str, torch.Tensor], confusion: torch.Tensor,
+                 class_names: list[str] | None, where: str) -> list[tuple[str, Any]]:  # fmt: skip
+    """(tag, RGB array) for each picture of one stage."""
+    from softcal.calibration import figures  # matplotlib is imported only when drawing
+
+    made = [
+        ("reliability_diagram",
+         figures.reliability_diagram(**bins, title=f"Reliability diagram, {where}")),
+        ("confidence_histogram",
+         figures.confidence_histogram(**bins, title=f"Confidence histogram, {where}")),
+        ("confusion_matrix", figures.confusion_matrix_figure(
+            confusion, class_names or [], title=f"Confusion matrix, {where}")),
+    ]  # fmt: skip
+    return [(name, figures.to_rgb_array(fig)) for name, fig in made]
