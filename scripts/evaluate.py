@@ -7,8 +7,7 @@
     python scripts/evaluate.py RUN --data.root /other/data --trainer.accelerator cpu
 """
 
-from softcal.errors import exit_on_user_error
-from softcal.apps.evaluate import main
+from softcal.apps.evaluate import command
 
 if __name__ == "__main__":
-    exit_on_user_error(main)()
+    command()

@@ -4,8 +4,7 @@
     python scripts/export.py --ckpt runs/mnist/version_0 --format torchscript --out model.pt
 """
 
-from softcal.errors import exit_on_user_error
-from softcal.apps.export import main
+from softcal.apps.export import command
 
 if __name__ == "__main__":
-    exit_on_user_error(main)()
+    command()

@@ -4,8 +4,7 @@
     python scripts/predict.py --ckpt runs/mnist/version_0 my_digits/ --top-k 5 --json
 """
 
-from softcal.errors import exit_on_user_error
-from softcal.apps.predict import main
+from softcal.apps.predict import command
 
 if __name__ == "__main__":
-    exit_on_user_error(main)()
+    command()

@@ -1,4 +1,4 @@
-"""scripts/predict.py and scripts/export.py: image files in, calibrated probabilities out."""
+"""predict and export: image files in, the probabilities Lightning's test loop computes out."""
 
 from __future__ import annotations
 
@@ -6,19 +6,37 @@ import json
 import shutil
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from softcal.errors import CheckpointError, DataError
+from softcal.apps.evaluate import evaluation_trainer
 from softcal.apps.export import main as export_main
-from softcal.apps.export import probability_model
-from softcal.data.formats import decode_images, read_idx
-from softcal.apps.predict import load_for_inference, predict_probabilities, read_images
+from softcal.apps.export import metadata, probability_model
 from softcal.apps.predict import main as predict_main
+from softcal.apps.predict import predict_probabilities, read_images
+from softcal.data.formats import decode_images, image_label_pairs, read_idx
+from softcal.errors import CheckpointError, DataError
 from softcal.runs.files import best_checkpoint
-from tests.conftest import run_script
+from softcal.runs.load import load_run
+from tests.conftest import REPO, TINY, run_script
+
+
+@pytest.fixture(scope="module")
+def colour_run(image_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny 3-channel run: the CIFAR-10 sample config (ResNet, RGB) on a generated folder."""
+    from softcal.apps.train import main as train
+
+    results = train([
+        "--config", str(REPO / "configs" / "cifar10_sample.yaml"), *TINY,
+        "--data.init_args.val_size", "0.2",
+        "--data.init_args.root", str(image_folder.parent),
+        "--data.init_args.folder", image_folder.name,
+        "--trainer.logger.init_args.save_dir", str(tmp_path_factory.mktemp("colour_runs")),
+    ])  # fmt: skip
+    return Path(results["run_dir"])
 
 
 @pytest.fixture(scope="module")
@@ -54,10 +72,29 @@ def _predict_json(args: list[str], capsys) -> tuple[dict, str]:
     return json.loads(captured.out), captured.err
 
 
+class _KeepTestLogits(L.Callback):
+    def __init__(self) -> None:
+        self.logits: list[torch.Tensor] = []
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        self.logits.append(outputs["logits"].float().cpu())
+
+
+def lightning_test_probabilities(run_dir: Path) -> torch.Tensor:
+    """softmax(logits / T) over the run's test split, the logits from Lightning's test loop
+    (the datamodule's loader and transfer hook, as evaluate runs it) and T read from the
+    checkpoint file itself - none of predict's code on this side."""
+    run = load_run(run_dir)
+    keep = _KeepTestLogits()
+    evaluation_trainer(run, [keep]).test(run.model, datamodule=run.datamodule, verbose=False)
+    temperature = torch.load(run.checkpoint, weights_only=True)["state_dict"]["temperature"]
+    return torch.softmax(torch.cat(keep.logits) / float(temperature), dim=1)
+
+
 # ------------------------------------------------------------------ predict
 
 
-def test_png_predictions_equal_the_test_pipeline(tiny_run, test_images, image_files, capsys):
+def test_grayscale_predictions_equal_lightning_test(tiny_run, image_files, capsys):
     folder = image_files["png"][0].parent  # a folder: every image in it, sorted
     report, err = _predict_json(["--ckpt", str(tiny_run), str(folder)], capsys)
     assert "warning" not in err
@@ -65,17 +102,24 @@ def test_png_predictions_equal_the_test_pipeline(tiny_run, test_images, image_fi
     assert report["temperature"] == pytest.approx(trained["temperature"], rel=1e-6)
     assert report["classes"] == [str(d) for d in range(10)]
     got = torch.tensor([p["probabilities"] for p in report["predictions"]])
-    assert torch.allclose(got.sum(1), torch.ones(len(got)), atol=1e-5)
-    # PNG is lossless: the same uint8 pixels through the same preprocess as testing.
-    inference = load_for_inference(tiny_run)
-    with torch.no_grad():
-        x = inference.datamodule.preprocess(test_images)
-        want = inference.model.probabilities(inference.model(x), calibrated=True)
+    # The PNGs hold the first 7 test images (lossless): what the test loop scored first.
+    want = lightning_test_probabilities(tiny_run)[:7]
     assert (got - want).abs().max() <= 1e-6
     for prediction, row in zip(report["predictions"], want, strict=True):
         top = prediction["top_k"]
         assert len(top) == 3 and top[0]["index"] == int(row.argmax())
         assert top[0]["probability"] >= top[1]["probability"] >= top[2]["probability"]
+
+
+def test_colour_predictions_equal_lightning_test(colour_run, image_folder, capsys):
+    report, err = _predict_json(["--ckpt", str(colour_run), str(image_folder / "test")], capsys)
+    assert "warning" not in err and report["classes"] == ["circle", "square", "triangle"]
+    got = {Path(p["file"]): p["probabilities"] for p in report["predictions"]}
+    # The test split holds the same files in the datamodule's order: match them by name.
+    order = [path for path, _ in image_label_pairs(image_folder / "test", report["classes"])]
+    assert sorted(got) == sorted(order) and len(order) == 30
+    want = lightning_test_probabilities(colour_run)
+    assert (torch.tensor([got[path] for path in order]) - want).abs().max() <= 1e-6
 
 
 def test_jpeg_and_colour_images(tiny_run, image_files, capsys):
@@ -92,7 +136,7 @@ def test_jpeg_and_colour_images(tiny_run, image_files, capsys):
 def test_text_output_lists_top_k_per_image(tiny_run, image_files, capsys):
     predict_main(["--ckpt", str(tiny_run), str(image_files["png"][0]), "--top-k", "2"])
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("checkpoint") and "T = " in lines[0]
+    assert lines[0].startswith("checkpoint") and "fitted on the validation split" in lines[0]
     assert lines[1].startswith(str(image_files["png"][0])) and lines[1].count("%") == 2
 
 
@@ -121,17 +165,57 @@ def test_unreadable_image_is_a_data_error(tiny_run, tmp_path):
         predict_main(["--ckpt", str(tiny_run), str(tmp_path / "broken.png")])
 
 
+# ------------------------------------------------------------------ the temperature
+
+
+def _with_temperature(run_dir: Path, dest: Path, temperature: float, fitted: bool) -> Path:
+    """A copy of the run whose checkpoint says T = ``temperature``, fitted or not."""
+    (dest / "checkpoints").mkdir(parents=True)
+    shutil.copy(run_dir / "config.yaml", dest / "config.yaml")
+    ckpt = torch.load(best_checkpoint(run_dir), map_location="cpu", weights_only=True)
+    ckpt["state_dict"]["temperature"] = torch.tensor(temperature)
+    ckpt["state_dict"]["temperature_fitted"] = torch.tensor(fitted)
+    torch.save(ckpt, dest / "checkpoints" / "best.ckpt")
+    return dest
+
+
+def test_a_fitted_temperature_of_exactly_one_is_fitted(tiny_run, image_files, tmp_path, capsys):
+    run_dir = _with_temperature(tiny_run, tmp_path / "run", 1.0, fitted=True)
+    assert load_run(run_dir).temperature == 1.0
+    report, err = _predict_json(["--ckpt", str(run_dir), str(image_files["png"][0])], capsys)
+    assert report["temperature"] == 1.0 and "warning" not in err
+    predict_main(["--ckpt", str(run_dir), str(image_files["png"][0])])
+    assert "T = 1.0000, fitted" in capsys.readouterr().out
+    assert metadata(load_run(run_dir))["temperature"] == 1.0
+
+
+def test_no_fitted_temperature_is_said_plainly(tiny_run, image_files, tmp_path, capsys):
+    run_dir = _with_temperature(tiny_run, tmp_path / "run", 1.0, fitted=False)
+    run = load_run(run_dir)
+    assert run.temperature is None
+    report, err = _predict_json(["--ckpt", str(run_dir), str(image_files["png"][0])], capsys)
+    assert report["temperature"] is None
+    assert "has no fitted temperature" in err and "uncalibrated" in err
+    meta = metadata(run)
+    assert meta["temperature"] is None and "uncalibrated" in meta["output"]
+    # The raw softmax, not the checkpoint's T of another run: one image gives the same answer.
+    fitted = load_run(tiny_run)
+    images = read_images(image_files["png"][:1], 1, (28, 28))
+    with torch.no_grad():
+        raw = torch.softmax(fitted.model(fitted.datamodule.preprocess(images)), dim=1)
+    assert torch.allclose(torch.tensor(report["predictions"][0]["probabilities"]), raw[0], atol=1e-6)
+
+
 # ------------------------------------------------------------------ export
 
 
 @pytest.mark.filterwarnings("ignore:.*torch.jit.load. is deprecated")
-@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
-def test_export_matches_torch_at_any_batch_size(fmt, tiny_run, test_images, tmp_path, capsys):
-    out = export_main(["--ckpt", str(tiny_run), "--format", fmt,
-                       "--out", str(tmp_path / f"model.{fmt}")])  # fmt: skip
-    inference = load_for_inference(tiny_run)
-    wrapper = probability_model(inference)
-    images = torch.cat([test_images, test_images.flip(3)])[:7]  # 7 distinct images
+@pytest.mark.parametrize("run_name,fmt", [("tiny_run", "torchscript"), ("colour_run", "onnx")])
+def test_export_matches_torch_at_any_batch_size(run_name, fmt, request, tmp_path, capsys):
+    run_dir = request.getfixturevalue(run_name)
+    out = export_main(["--ckpt", str(run_dir), "--format", fmt, "--out", str(tmp_path / "model")])
+    run = load_run(run_dir)
+    wrapper = probability_model(run)
     if fmt == "onnx":
         import onnx
         import onnxruntime
@@ -139,23 +223,24 @@ def test_export_matches_torch_at_any_batch_size(fmt, tiny_run, test_images, tmp_
         session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
         assert isinstance(session.get_inputs()[0].shape[0], str)  # symbolic: any batch size
         meta = {p.key: json.loads(p.value) for p in onnx.load(str(out)).metadata_props}
-        assert meta["class_names"] == inference.class_names
-        assert meta["temperature"] == pytest.approx(inference.temperature)
+        assert meta["class_names"] == run.class_names
+        assert meta["temperature"] == pytest.approx(run.temperature)
 
-        def run(x: torch.Tensor) -> torch.Tensor:
+        def infer(x: torch.Tensor) -> torch.Tensor:
             return torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
     else:
-        loaded = torch.jit.load(str(out))
-        run = loaded
+        infer = torch.jit.load(str(out))
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (7, run.in_channels, *run.image_size), dtype=torch.uint8,
+                           generator=generator)  # fmt: skip
     for n in (1, 7):
         x = images[:n].float() / 255.0
-        got = run(x).detach()
-        assert got.shape == (n, 10)
+        got = infer(x).detach()
+        assert got.shape == (n, run.num_classes)
         with torch.no_grad():
             assert (got - wrapper(x)).abs().max() <= 1e-5
         # ... and the exported model is the predictor: normalisation and T are inside.
-        assert (got - predict_probabilities(inference, images[:n])).abs().max() <= 1e-5
-        assert torch.allclose(got.sum(1), torch.ones(n), atol=1e-5)
+        assert (got - predict_probabilities(run, images[:n])).abs().max() <= 1e-5
     assert f"wrote {out}" in capsys.readouterr().out
 
 
@@ -164,7 +249,7 @@ def test_a_foreign_torch_file_is_not_a_checkpoint(tiny_run, tmp_path):
     shutil.copy(tiny_run / "config.yaml", tmp_path / "config.yaml")
     torch.save({"weights": torch.zeros(3)}, tmp_path / "checkpoints" / "other.ckpt")
     with pytest.raises(CheckpointError, match="not a Lightning checkpoint"):
-        load_for_inference(tmp_path / "checkpoints" / "other.ckpt")
+        load_run(tmp_path / "checkpoints" / "other.ckpt")
 
 
 # ------------------------------------------------------------------ bad input: one line, exit 2
@@ -183,6 +268,7 @@ def _truncated(run_dir: Path, tmp: Path) -> tuple[Path, str]:
     return tmp / "checkpoints" / "cut.ckpt", "is truncated"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script,case", [("predict.py", _truncated), ("export.py", _no_config)],
                          ids=["predict-truncated", "export-no-config"])  # fmt: skip
 def test_bad_checkpoint_is_one_error_line(script, case, tiny_run, image_files, tmp_path):

@@ -1,13 +1,13 @@
 """Evaluate saved checkpoints: the test (or validation) metrics, raw and temperature-scaled.
 
-Each checkpoint is rebuilt from the ``config.yaml`` its run saved, through the same
-:class:`~softcal.apps.cli.SoftcalCLI` that trained it, and tested with the same Trainer settings:
-the numbers reproduce what training printed. Values can be overridden like in training
+Each checkpoint is reopened with :func:`softcal.runs.load.load_run` (the run's ``config.yaml``
+plus the checkpoint) and tested through Lightning with the run's Trainer settings, so the
+numbers reproduce what training printed. Values can be overridden like in training
 (``--data.root DIR``, ``--trainer.accelerator cpu``); a checkpoint whose classes or image shape
 do not fit the data is refused before any weights are loaded.
 
     python scripts/evaluate.py runs/mnist/version_0              # its best checkpoint
-    python scripts/evaluate.py runs/mnist/version_0 --split val
+    python scripts/evaluate.py runs/mnist/version_0 --split val  # keys val/*, val_calibrated/*
     python scripts/evaluate.py runs/mnist/version_*              # one comparison table
 """
 
@@ -23,33 +23,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from softcal.runs.files import (
-    atomic_write_json,
-    check_checkpoint_fits,
-    load_weights,
-    open_run_checkpoint,
-)
+from softcal.errors import exit_on_user_error
+from softcal.runs.files import atomic_write_json
+from softcal.runs.load import RUN_HELP, LoadedRun, load_run, split_overrides
 
 if TYPE_CHECKING:
-    from lightning.pytorch import Callback
-
-    from softcal.apps.cli import SoftcalCLI
+    from lightning.pytorch import Callback, Trainer
 
 # Lightning is imported inside the functions that need it: a wrong path or a broken checkpoint
 # is reported in a second or two, without waiting for Lightning to load.
 
-#: Options handed to the training CLI unchanged (everything the config holds).
-PASSTHROUGH = ("--data", "--model", "--trainer", "--seed_everything")
+#: Evaluation prints one table: no progress bar or model summary unless an override asks.
+QUIET = ("--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false")
 
-#: Columns of the comparison table: (metric key, header).
+#: Columns of the comparison table: (metric name, calibrated?, header).
 COLUMNS = (
-    ("test/acc", "acc"),
-    ("test/ece", "ece"),
-    ("test/mce", "mce"),
-    ("test/adaptive_ece", "adaptive_ece"),
-    ("test/brier", "brier"),
-    ("test/nll", "nll"),
-    ("test_calibrated/ece", "cal. ece"),
+    ("acc", False, "acc"),
+    ("ece", False, "ece"),
+    ("mce", False, "mce"),
+    ("adaptive_ece", False, "adaptive_ece"),
+    ("brier", False, "brier"),
+    ("nll", False, "nll"),
+    ("ece", True, "cal. ece"),
 )
 
 
@@ -59,7 +54,7 @@ class Evaluation:
 
     checkpoint: Path
     run_dir: Path
-    split: str
+    split: str  # "test" or "val"; the metric keys are "<split>/..." and "<split>_calibrated/..."
     dataset: str
     temperature: float | None  # None: the checkpoint carries no fitted temperature (T = 1)
     metrics: dict[str, float]
@@ -68,116 +63,96 @@ class Evaluation:
     files: list[Path] = field(default_factory=list)
 
 
-def figure_state_capture() -> Callback:
-    """A callback that copies the module's reliability-bin sums and confusion matrix at the
-    end of testing, into its ``state`` dict.
+def figure_state_capture(n_bins: int, num_classes: int) -> Callback:
+    """A callback that sums reliability bins (raw and calibrated) and a confusion matrix from
+    the logits each ``test_step`` returns; the PNG files are drawn from its ``state()``.
 
-    Lightning calls callbacks' ``on_test_epoch_end`` before the module's, which draws these
-    for TensorBoard and then resets them; the copy is what the PNG files are drawn from.
+    Torchmetrics states, so under several processes the sums cover the whole split.
     """
-    from lightning.pytorch import Callback, LightningModule, Trainer
+    from lightning.pytorch import Callback, LightningModule
+    from torch import nn
+    from torchmetrics.classification import MulticlassConfusionMatrix
+
+    from softcal.calibration.metrics import TopLabelBins
 
     class FigureStateCapture(Callback):
         def __init__(self) -> None:
-            self.state: dict[str, dict[str, Any]] = {}
+            self.sums = nn.ModuleDict({"raw": TopLabelBins(n_bins), "calibrated": TopLabelBins(n_bins),
+                                       "confusion": MulticlassConfusionMatrix(num_classes)})  # fmt: skip
 
-        def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-            for stage in ("test", "test_calibrated"):
-                figure_state = pl_module.figure_state[stage]
-                bins = figure_state["bins"].compute()
-                self.state[stage] = {
-                    "bins": {name: value.detach().cpu().clone() for name, value in bins.items()},
-                    "confusion": figure_state["confusion"].compute().detach().cpu().clone(),
-                }
+        def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+            self.sums.to(pl_module.device)
+
+        def on_test_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any,
+                              batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:  # fmt: skip
+            logits, labels = outputs["logits"], outputs["labels"]
+            for name in ("raw", "calibrated"):
+                self.sums[name].update(pl_module.probabilities(logits, name == "calibrated"), labels)
+            self.sums["confusion"].update(logits.argmax(dim=1), labels)
+
+        def state(self) -> dict[str, Any]:
+            bins = {name: {k: v.cpu() for k, v in self.sums[name].compute().items()}
+                    for name in ("raw", "calibrated")}  # fmt: skip
+            return {**bins, "confusion": self.sums["confusion"].compute().cpu()}
 
     return FigureStateCapture()
 
 
-def split_passthrough(argv: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Separate ``--data.* / --model.* / --trainer.*`` overrides (with their values) from the
-    script's own arguments; argparse alone would take an override's value for a path."""
-    own: list[str] = []
-    overrides: list[str] = []
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        name = arg.split("=", 1)[0]
-        if any(name == p or name.startswith(p + ".") for p in PASSTHROUGH):
-            overrides.append(arg)
-            if "=" not in arg and i + 1 < len(argv):
-                overrides.append(argv[i + 1])
-                i += 1
-        else:
-            own.append(arg)
-        i += 1
-    return own, overrides
+def evaluation_trainer(run: LoadedRun, callbacks: Sequence[Callback] = ()) -> Trainer:
+    """A Trainer with the run's settings (accelerator, devices, precision, limits...) that
+    neither logs nor checkpoints: evaluating must not create a run of its own."""
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
+    from softcal.apps.cli import trainer_settings_error
 
-def build_cli(config: Path, overrides: Sequence[str]) -> SoftcalCLI:
-    """Model, datamodule and Trainer exactly as the run's config made them, plus overrides.
-
-    No logger (evaluation must not create a TensorBoard run), no resume path, and no saved
-    config; the progress bar and model summary are off unless an override turns them on.
-    """
-    from softcal.apps.cli import SoftcalCLI
-
-    quiet_lightning()  # after the import: importing Lightning sets its loggers to INFO
-    args = [
-        "--config", str(config),
-        "--trainer.enable_progress_bar", "false",
-        "--trainer.enable_model_summary", "false",
-        *overrides,
-        "--trainer.logger", "false",
-        "--ckpt_path", "null",
-    ]  # fmt: skip
-    with warnings.catch_warnings():
-        # LightningCLI warns when args= and sys.argv both exist; here argv is this script's own.
-        warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
-        return SoftcalCLI(args=args, save_config_callback=None)
-
+    quiet_lightning()
+    settings = {**run.trainer, "logger": False, "enable_checkpointing": False,
+                "callbacks": list(callbacks)}  # fmt: skip
+    try:
+        return Trainer(**settings)
+    except MisconfigurationException as err:
+        raise trainer_settings_error(err) from err
 
 
 def evaluate_checkpoint(
     path: str | Path, split: str = "test", overrides: Sequence[str] = ()
-) -> tuple[Evaluation, dict[str, dict[str, Any]]]:
+) -> tuple[Evaluation, dict[str, Any]]:
     """Test one checkpoint (or a run directory's best); returns the scores and figure state."""
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
-    checkpoint, ckpt, hparams, run_dir = open_run_checkpoint(path)
-    cli = build_cli(run_dir / "config.yaml", overrides)
-    model, datamodule, trainer = cli.model, cli.datamodule, cli.trainer
-    check_checkpoint_fits(checkpoint, hparams, datamodule)
-    load_weights(model, ckpt["state_dict"], checkpoint)
+    run = load_run(path, [*QUIET, *overrides], check_classes=True)
+    model, datamodule = run.model, run.datamodule
     if split == "val":
-        # The validation split is carved from the training set with the run's seed; testing
-        # on it goes through the same metrics as the test split.
+        # The validation split is carved from the training set with the run's seed; it goes
+        # through test_step (raw and calibrated metrics), and the keys are renamed below.
         datamodule.setup("fit")
         datamodule.splits["test"] = datamodule.splits["val"]
-    # Nothing is trained, so nothing is checkpointed; drop the callback the CLI adds.
-    trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, ModelCheckpoint)]
-    capture = figure_state_capture()
-    trainer.callbacks.append(capture)
+    capture = figure_state_capture(int(model.hparams.calibration_bins), run.num_classes)
+    trainer = evaluation_trainer(run, [capture])
     with warnings.catch_warnings():
         # A deprecation inside Lightning itself, nothing a user can act on.
         warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
         metrics = trainer.test(model, datamodule=datamodule, verbose=False)[0]
-    temperature = float(model.temperature)
     evaluation = Evaluation(
-        checkpoint=checkpoint.resolve(),
-        run_dir=run_dir,
+        checkpoint=run.checkpoint,
+        run_dir=run.run_dir,
         split=split,
         dataset=datamodule.name,
-        temperature=None if temperature == 1.0 else temperature,
-        metrics={k: float(v) for k, v in sorted(metrics.items())},
-        class_names=[str(n) for n in hparams.get("class_names") or []],
+        temperature=run.temperature,
+        metrics={key_for_split(k, split): float(v) for k, v in sorted(metrics.items())},
+        class_names=run.class_names,
     )
-    return evaluation, capture.state
+    return evaluation, capture.state()
+
+
+def key_for_split(key: str, split: str, scored_as: str = "test") -> str:
+    """``test/ece`` -> ``val/ece`` and ``test_calibrated/ece`` -> ``val_calibrated/ece``:
+    test_step logs every split it scores under ``test``."""
+    return split + key[len(scored_as) :] if key.startswith(scored_as) else key
 
 
 def write_outputs(
-    evaluation: Evaluation, state: dict[str, dict[str, Any]], out_dir: Path,
-    overrides: Sequence[str] = (),
-) -> list[Path]:  # fmt: skip
+    evaluation: Evaluation, state: dict[str, Any], out_dir: Path, overrides: Sequence[str] = ()
+) -> list[Path]:
     """metrics.json, reliability diagrams (raw and calibrated) and the confusion matrix."""
     from softcal.calibration import figures  # matplotlib only when files are written
 
@@ -192,37 +167,49 @@ def write_outputs(
             "temperature": evaluation.temperature,
             # Summed over processes: equals the split's size exactly once every sample was
             # seen once (none dropped, none duplicated by a distributed sampler).
-            "num_samples": int(state["test"]["bins"]["count"].sum()),
+            "num_samples": int(state["raw"]["count"].sum()),
             "metrics": evaluation.metrics,
         })
     ]  # fmt: skip
     t = evaluation.temperature
     for stage, suffix, label in (
-        ("test", "", "T = 1"),
-        ("test_calibrated", "_calibrated", f"T = {t:.3f}" if t is not None else "T = 1"),
+        ("raw", "", "T = 1"),
+        ("calibrated", "_calibrated", f"T = {t:.3f}" if t is not None else "no fitted T: T = 1"),
     ):
         title = f"{name}\n{where}, {label}"  # two lines: the figure is narrow
-        fig = figures.reliability_diagram(**state[stage]["bins"], title=title)
+        fig = figures.reliability_diagram(**state[stage], title=title)
         files.append(figures.save_png(fig, out_dir / f"reliability_diagram{suffix}.png"))
     # Dividing by T > 0 never changes the predicted class: one confusion matrix serves both.
     title = f"Confusion matrix, {where}, {name}"
-    fig = figures.confusion_matrix_figure(state["test"]["confusion"], evaluation.class_names, title)
+    fig = figures.confusion_matrix_figure(state["confusion"], evaluation.class_names, title)
     files.append(figures.save_png(fig, out_dir / "confusion_matrix.png"))
     return files
 
 
+def comparison_title(evaluations: Sequence[Evaluation]) -> str:
+    """Every dataset in the table, in order of appearance: runs may be of different data."""
+    datasets = list(dict.fromkeys(e.dataset for e in evaluations))
+    split = evaluations[0].split  # one --split for all
+    return f"{' and '.join(datasets)}, {split} split" + ("s" if len(datasets) > 1 else "")
+
+
 def comparison_table(evaluations: Sequence[Evaluation], labels: Sequence[str]) -> str:
-    """One row per checkpoint; percentages for accuracy and calibration errors."""
+    """One row per checkpoint; percentages for accuracy and calibration errors. A dataset
+    column appears when the checkpoints were tested on different datasets."""
+    several = len({e.dataset for e in evaluations}) > 1
     width = max(len("checkpoint"), *(len(label) for label in labels))
-    head = f"{'checkpoint':<{width}}" + "".join(f"{h:>14}" for _, h in COLUMNS)
+    dwidth = max(len("dataset"), *(len(e.dataset) for e in evaluations)) + 2 if several else 0
+    head = f"{'checkpoint':<{width}}" + (f"{'dataset':>{dwidth}}" if several else "")
+    head += "".join(f"{h:>14}" for *_, h in COLUMNS)
     lines = [head, "-" * len(head)]
     for evaluation, label in zip(evaluations, labels, strict=True):
-        cells = []
-        for key, _ in COLUMNS:
-            value = evaluation.metrics.get(key, math.nan)
-            percent = key.split("/")[1] in ("acc", "ece", "mce", "adaptive_ece")
+        cells = [f"{label:<{width}}", f"{evaluation.dataset:>{dwidth}}" if several else ""]
+        for name, calibrated, _ in COLUMNS:
+            stage = evaluation.split + ("_calibrated" if calibrated else "")
+            value = evaluation.metrics.get(f"{stage}/{name}", math.nan)
+            percent = name in ("acc", "ece", "mce", "adaptive_ece")
             cells.append(f"{100 * value:>13.2f}%" if percent else f"{value:>14.4f}")
-        lines.append(f"{label:<{width}}" + "".join(cells))
+        lines.append("".join(cells))
     return "\n".join(lines)
 
 
@@ -242,15 +229,14 @@ def _out_dirs(evaluations: Sequence[Evaluation], out: Path | None) -> list[Path]
 
 
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
-    own, overrides = split_passthrough(argv)
+    own, overrides = split_overrides(argv)
     parser = argparse.ArgumentParser(
         prog="evaluate.py",
         description="Test checkpoints with the config their run saved; print accuracy and"
         " calibration (raw and temperature-scaled); write metrics.json and figures. Options"
         " --data.*, --model.*, --trainer.* override the saved config.",
     )
-    parser.add_argument("paths", nargs="+", metavar="RUN_DIR_OR_CKPT",
-                        help="a run directory (its best checkpoint) or a .ckpt file inside one")
+    parser.add_argument("paths", nargs="+", metavar="RUN_DIR_OR_CKPT", help=RUN_HELP)
     parser.add_argument("--split", choices=("test", "val"), default="test",
                         help="the official test set (default) or the run's validation split")
     parser.add_argument("--out", type=Path, default=None,
@@ -266,35 +252,46 @@ def quiet_lightning() -> None:
 
 def main(argv: Sequence[str] | None = None) -> list[Evaluation]:
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
-    evaluations: list[Evaluation] = []
-    states = []
-    for path in args.paths:
-        evaluation, state = evaluate_checkpoint(path, args.split, overrides)
-        evaluations.append(evaluation)
-        states.append(state)
-    out_dirs = _out_dirs(evaluations, args.out)
-    for evaluation, state, out_dir in zip(evaluations, states, out_dirs, strict=True):
+    results = [evaluate_checkpoint(path, args.split, overrides) for path in args.paths]
+    evaluations = [evaluation for evaluation, _ in results]
+    for (evaluation, state), out_dir in zip(results, _out_dirs(evaluations, args.out), strict=True):
         evaluation.out_dir = out_dir
         evaluation.files = write_outputs(evaluation, state, out_dir, overrides)
     if len(evaluations) == 1:
-        from softcal.apps.cli import format_results  # loaded by now: evaluating needed the CLI
-
-        e = evaluations[0]
-        title = f"{e.dataset} {e.split} split, checkpoint {e.checkpoint}"
-        print(format_results(e.metrics, e.temperature, title))
+        print(results_table(evaluations[0]))
     else:
         labels = [_label(path, e) for path, e in zip(args.paths, evaluations, strict=True)]
-        print(f"{evaluations[0].dataset} {args.split} split\n")
+        print(f"{comparison_title(evaluations)}\n")
         print(comparison_table(evaluations, labels))
     for e in evaluations:
         if e.temperature is None:
-            print(f"note: {e.checkpoint.name} has no fitted temperature (T = 1): calibrated ="
-                  " raw. The run's best checkpoint carries it.", file=sys.stderr)  # fmt: skip
+            print(f"note: {e.checkpoint.name} has no fitted temperature (trained with --calibrate"
+                  " false?): the calibrated metrics are the raw ones (T = 1)", file=sys.stderr)  # fmt: skip
         print(f"wrote {', '.join(f.name for f in e.files)} to {e.out_dir}")
     return evaluations
 
 
+def results_table(e: Evaluation) -> str:
+    """Training's results table (raw vs calibrated per metric), headed by the split scored."""
+    from softcal.apps.train import format_results
+
+    title = f"{e.dataset} {e.split} split, checkpoint {e.checkpoint}"
+    # format_results reads test/* keys and heads its column "test": until it takes the split,
+    # the validation scores are handed over under those keys and the column renamed back.
+    as_test = {key_for_split(k, "test", scored_as=e.split): v for k, v in e.metrics.items()}
+    table = format_results(as_test, e.temperature, title)
+    return table if e.split == "test" else table.replace(" test (T = 1)", f"{e.split:>5} (T = 1)", 1)
+
+
 def _label(path: str | Path, evaluation: Evaluation) -> str:
-    """The argument as typed, plus the checkpoint's name when a run directory was given."""
+    """The argument as typed, completed to the checkpoint's path when it names a run directory."""
     path = Path(path)
-    return str(path / evaluation.checkpoint.name) if path.is_dir() else str(path)
+    if not path.is_dir():
+        return str(path)
+    try:
+        return str(path / evaluation.checkpoint.relative_to(evaluation.run_dir.resolve()))
+    except ValueError:  # a recorded best checkpoint outside the run directory
+        return str(evaluation.checkpoint)
+
+
+command = exit_on_user_error(main)

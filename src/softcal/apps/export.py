@@ -10,6 +10,9 @@ package nor the dataset's mean and std.
   is installed. Class names, T, mean and std are stored as metadata properties.
 * ``torchscript``: ``torch.jit.trace``, with the same facts in an extra file ``softcal.json``.
   torch marks TorchScript as deprecated; it still loads with ``torch.jit.load``.
+
+A run without a fitted temperature exports the raw softmax (T = 1); its metadata says
+``"temperature": null`` and the command warns.
 """
 
 from __future__ import annotations
@@ -26,8 +29,8 @@ import torch
 from torch import nn
 
 from softcal.data.augment import normalize
-from softcal.errors import SoftcalError
-from softcal.apps.predict import InferenceModel, load_for_inference
+from softcal.errors import SoftcalError, exit_on_user_error
+from softcal.runs.load import LoadedRun, load_run, run_argument_parser
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 
@@ -55,31 +58,32 @@ class ProbabilityModel(nn.Module):
         return torch.softmax(logits / self.temperature, dim=1)
 
 
-def probability_model(inference: InferenceModel) -> ProbabilityModel:
-    """The wrapper around a loaded checkpoint, in eval mode on the CPU."""
-    dm = inference.datamodule
-    wrapper = ProbabilityModel(inference.model.net, dm.mean, dm.std, inference.temperature)
+def probability_model(run: LoadedRun) -> ProbabilityModel:
+    """The wrapper around a reopened run, in eval mode on the CPU."""
+    temperature = run.temperature if run.temperature is not None else 1.0
+    wrapper = ProbabilityModel(run.model.net, run.datamodule.mean, run.datamodule.std, temperature)
     return wrapper.eval().cpu()
 
 
-def metadata(inference: InferenceModel) -> dict[str, Any]:
+def metadata(run: LoadedRun) -> dict[str, Any]:
     """What a consumer needs to read the output: classes, input layout, calibration."""
+    scaled = "temperature-scaled" if run.temperature is not None else "uncalibrated (no fitted T)"
     return {
-        "class_names": inference.class_names,
+        "class_names": run.class_names,
         "input": "float32 images (N, C, H, W) in [0, 1]",
-        "input_shape": [inference.in_channels, *inference.image_size],
-        "output": "softmax probabilities (N, num_classes), temperature-scaled",
-        "temperature": inference.temperature,
-        "mean": list(inference.datamodule.mean),
-        "std": list(inference.datamodule.std),
-        "checkpoint": str(inference.checkpoint.resolve()),
+        "input_shape": [run.in_channels, *run.image_size],
+        "output": f"softmax probabilities (N, num_classes), {scaled}",
+        "temperature": run.temperature,  # null: not fitted, T = 1 inside
+        "mean": list(run.datamodule.mean),
+        "std": list(run.datamodule.std),
+        "checkpoint": str(run.checkpoint),
     }
 
 
-def example_batch(inference: InferenceModel, batch: int = 2) -> torch.Tensor:
+def example_batch(run: LoadedRun, batch: int = 2) -> torch.Tensor:
     """A random [0, 1] batch; 2 rather than 1, so the exporter cannot fix the batch at 1."""
     generator = torch.Generator().manual_seed(0)
-    shape = (batch, inference.in_channels, *inference.image_size)
+    shape = (batch, run.in_channels, *run.image_size)
     return torch.rand(shape, generator=generator)
 
 
@@ -139,13 +143,11 @@ def onnxruntime_difference(module: ProbabilityModel, path: Path, example: torch.
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="export.py",
-        description="Export a checkpoint as a model from [0, 1] float images (N, C, H, W) to"
+    parser = run_argument_parser(
+        "export.py",
+        "Export a checkpoint as a model from [0, 1] float images (N, C, H, W) to"
         " calibrated softmax probabilities, normalisation and temperature inside.",
     )
-    parser.add_argument("--ckpt", required=True, metavar="CKPT_OR_RUN_DIR",
-                        help="a .ckpt inside a run directory, or the run directory (best)")
     parser.add_argument("--format", choices=sorted(FORMATS), default="onnx")
     parser.add_argument("--out", type=Path, default=None,
                         help="output file (default: <run_dir>/export/model.onnx or model.pt)")
@@ -154,17 +156,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> Path:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    inference = load_for_inference(args.ckpt)
-    out = args.out or inference.run_dir / "export" / f"model{FORMATS[args.format]}"
-    module = probability_model(inference)
-    example = example_batch(inference)
-    meta = metadata(inference)
-    shape = ", ".join(str(s) for s in example.shape[1:])
+    run = load_run(args.ckpt)
+    out = args.out or run.run_dir / "export" / f"model{FORMATS[args.format]}"
+    module, example = probability_model(run), example_batch(run)
     try:
         if args.format == "onnx":
-            export_onnx(module, example, out, meta)
+            export_onnx(module, example, out, metadata(run))
         else:
-            export_torchscript(module, example, out, meta)
+            export_torchscript(module, example, out, metadata(run))
     except ImportError as err:
         raise SoftcalError(
             f"{args.format} export needs {err.name or 'a missing package'}; install the export"
@@ -172,15 +171,19 @@ def main(argv: Sequence[str] | None = None) -> Path:
         ) from err
     except OSError as err:
         raise SoftcalError(f"cannot write {out}: {err}") from err
-    if inference.temperature == 1.0:
-        print(f"warning: {inference.checkpoint.name} has no fitted temperature (T = 1); the"
-              " exported probabilities are uncalibrated", file=sys.stderr)  # fmt: skip
+    warning = run.uncalibrated_warning("the exported probabilities")
+    if warning:
+        print(warning, file=sys.stderr)
+    shape = ", ".join(str(s) for s in example.shape[1:])
     print(f"wrote {out}")
     print(f"  input  images: float32 [batch, {shape}] in [0, 1]")
-    print(f"  output probabilities: [batch, {inference.num_classes}]"
-          f" (T = {inference.temperature:.4f} and normalisation inside)")  # fmt: skip
+    print(f"  output probabilities: [batch, {run.num_classes}] (normalisation inside;"
+          f" {run.temperature_note()})")  # fmt: skip
     if args.format == "onnx":
         diff = onnxruntime_difference(module, out, example)
         if diff is not None:
             print(f"  onnxruntime vs torch: max |difference| {diff:.2e} (batches of 1 and 7)")
     return out
+
+
+command = exit_on_user_error(main)
