@@ -63,41 +63,6 @@ class Evaluation:
     files: list[Path] = field(default_factory=list)
 
 
-def figure_state_capture(n_bins: int, num_classes: int) -> Callback:
-    """A callback that sums reliability bins (raw and calibrated) and a confusion matrix from
-    the logits each ``test_step`` returns; the PNG files are drawn from its ``state()``.
-
-    Torchmetrics states, so under several processes the sums cover the whole split.
-    """
-    from lightning.pytorch import Callback, LightningModule
-    from torch import nn
-    from torchmetrics.classification import MulticlassConfusionMatrix
-
-    from softcal.calibration.metrics import TopLabelBins
-
-    class FigureStateCapture(Callback):
-        def __init__(self) -> None:
-            self.sums = nn.ModuleDict({"raw": TopLabelBins(n_bins), "calibrated": TopLabelBins(n_bins),
-                                       "confusion": MulticlassConfusionMatrix(num_classes)})  # fmt: skip
-
-        def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-            self.sums.to(pl_module.device)
-
-        def on_test_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any,
-                              batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:  # fmt: skip
-            logits, labels = outputs["logits"], outputs["labels"]
-            for name in ("raw", "calibrated"):
-                self.sums[name].update(pl_module.probabilities(logits, name == "calibrated"), labels)
-            self.sums["confusion"].update(logits.argmax(dim=1), labels)
-
-        def state(self) -> dict[str, Any]:
-            bins = {name: {k: v.cpu() for k, v in self.sums[name].compute().items()}
-                    for name in ("raw", "calibrated")}  # fmt: skip
-            return {**bins, "confusion": self.sums["confusion"].compute().cpu()}
-
-    return FigureStateCapture()
-
-
 def evaluation_trainer(run: LoadedRun, callbacks: Sequence[Callback] = ()) -> Trainer:
     """A Trainer with the run's settings (accelerator, devices, precision, limits...) that
     neither logs nor checkpoints: evaluating must not create a run of its own."""
@@ -126,8 +91,10 @@ def evaluate_checkpoint(
         # through test_step (raw and calibrated metrics), and the keys are renamed below.
         datamodule.setup("fit")
         datamodule.splits["test"] = datamodule.splits["val"]
-    capture = figure_state_capture(int(model.hparams.calibration_bins), run.num_classes)
-    trainer = evaluation_trainer(run, [capture])
+    from softcal.calibration.callbacks import CalibrationFigures
+
+    drawn = CalibrationFigures(int(model.hparams.calibration_bins))  # no logger: only sums
+    trainer = evaluation_trainer(run, [drawn])
     with warnings.catch_warnings():
         # A deprecation inside Lightning itself, nothing a user can act on.
         warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
@@ -141,7 +108,13 @@ def evaluate_checkpoint(
         metrics={key_for_split(k, split): float(v) for k, v in sorted(metrics.items())},
         class_names=run.class_names,
     )
-    return evaluation, capture.state()
+    raw = drawn.finished["test"]
+    calibrated = drawn.finished.get("test_calibrated", raw)  # T = 1 when none is fitted
+
+    def bins(state: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in state.items() if k != "confusion"}
+
+    return evaluation, {"raw": bins(raw), "calibrated": bins(calibrated), "confusion": raw["confusion"]}
 
 
 def key_for_split(key: str, split: str, scored_as: str = "test") -> str:
@@ -276,11 +249,7 @@ def results_table(e: Evaluation) -> str:
     from softcal.apps.train import format_results
 
     title = f"{e.dataset} {e.split} split, checkpoint {e.checkpoint}"
-    # format_results reads test/* keys and heads its column "test": until it takes the split,
-    # the validation scores are handed over under those keys and the column renamed back.
-    as_test = {key_for_split(k, "test", scored_as=e.split): v for k, v in e.metrics.items()}
-    table = format_results(as_test, e.temperature, title)
-    return table if e.split == "test" else table.replace(" test (T = 1)", f"{e.split:>5} (T = 1)", 1)
+    return format_results(e.metrics, e.temperature, title, split=e.split)
 
 
 def _label(path: str | Path, evaluation: Evaluation) -> str:

@@ -29,16 +29,17 @@ ROW_ORDER = ("acc", "acc_top5", "ece", "mce", "rmsce", "adaptive_ece", "classwis
              "loss")  # fmt: skip
 
 
-def format_results(results: dict[str, float], temperature: float | None, title: str) -> str:
-    """A two-column table: raw softmax vs temperature-scaled, one row per metric."""
-    names = sorted({k.split("/", 1)[1] for k in results if k.startswith("test/")})
+def format_results(results: dict[str, float], temperature: float | None, title: str,
+                   split: str = "test") -> str:  # fmt: skip
+    """A two-column table: raw softmax vs temperature-scaled, one row per metric of ``split``."""
+    names = sorted({k.split("/", 1)[1] for k in results if k.startswith(f"{split}/")})
     names.sort(key=lambda n: ROW_ORDER.index(n) if n in ROW_ORDER else len(ROW_ORDER))
     t = f"T = {temperature:.3f}" if temperature is not None else "T = 1, not fitted"
-    head = f"{'metric':<15}{'test (T = 1)':>15}{'calibrated (' + t + ')':>26}"
+    head = f"{'metric':<15}{split + ' (T = 1)':>15}{'calibrated (' + t + ')':>26}"
     lines = [title, head, "-" * len(head)]
     for name in names:
-        raw = results.get(f"test/{name}", math.nan)
-        cal = results.get(f"test_calibrated/{name}", math.nan)
+        raw = results.get(f"{split}/{name}", math.nan)
+        cal = results.get(f"{split}_calibrated/{name}", math.nan)
         percent = name.startswith("acc") or "ece" in name or name in ("mce", "rmsce")
         fmt = (lambda v: f"{100 * v:.2f}%") if percent else (lambda v: f"{v:.4f}")
         lines.append(f"{name:<15}{fmt(raw):>15}{fmt(cal) if not math.isnan(cal) else '':>26}")

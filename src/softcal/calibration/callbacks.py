@@ -76,12 +76,15 @@ class CalibrationFigures(L.Callback):
     end of every validation and of testing (raw and, at test, temperature-scaled).
 
     Keeps its own per-bin sums and confusion counts (exact, constant in memory, summed across
-    processes when drawn) from the logits each step returns.
+    processes when drawn) from the logits each step returns. ``finished[stage]`` keeps the last
+    drawn state of each stage (bin sums and ``confusion``), for pictures saved elsewhere; with
+    no logger nothing is drawn, but ``finished`` is still filled.
     """
 
     def __init__(self, n_bins: int = 15) -> None:
         self.n_bins = n_bins
         self._state: dict[str, tuple[TopLabelBins, MulticlassConfusionMatrix]] = {}
+        self.finished: dict[str, dict[str, torch.Tensor]] = {}
 
     def _update(self, stage: str, pl_module: L.LightningModule, outputs: Any, calibrated: bool) -> None:
         if stage not in self._state:
@@ -115,6 +118,7 @@ class CalibrationFigures(L.Callback):
                 continue
             bins_metric, confusion_metric = self._state.pop(stage)
             bins, confusion = bins_metric.compute(), confusion_metric.compute()  # synced
+            self.finished[stage] = {**{k: v.cpu() for k, v in bins.items()}, "confusion": confusion.cpu()}
             experiment = getattr(trainer.logger, "experiment", None)
             if trainer.is_global_zero and hasattr(experiment, "add_image"):
                 where = f"{stage} (epoch {trainer.current_epoch}, step {trainer.global_step})"
