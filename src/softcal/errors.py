@@ -11,9 +11,6 @@ import functools
 import os
 import sys
 from collections.abc import Callable
-from typing import TypeVar
-
-T = TypeVar("T")
 
 
 class SoftcalError(Exception):
@@ -36,16 +33,20 @@ def _wants_traceback(argv: list[str]) -> bool:
     return "--verbose" in argv or os.environ.get("SOFTCAL_VERBOSE") == "1"
 
 
-def exit_on_user_error(main: Callable[[], T]) -> Callable[[], T]:
-    """Run a script's ``main``; a :class:`SoftcalError` becomes ``error: ...`` and exit code 2."""
+def exit_on_user_error(main: Callable[[], object]) -> Callable[[], None]:
+    """Run a script's ``main``; a :class:`SoftcalError` becomes ``error: ...`` and exit code 2.
+
+    The result of ``main`` is dropped: a console script calls ``sys.exit(command())``, and any
+    return value but None would end the process with exit code 1 and print that value.
+    """
 
     @functools.wraps(main)
-    def wrapper() -> T:
+    def wrapper() -> None:
         verbose = _wants_traceback(sys.argv)
         if "--verbose" in sys.argv:
             sys.argv.remove("--verbose")
         try:
-            return main()
+            main()
         except SoftcalError as err:
             if verbose:
                 raise
