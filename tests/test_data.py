@@ -193,8 +193,10 @@ def test_missing_cifar_lists_only_the_missing_files(tmp_path, cifar10_root):
     (folder / "data_batch_5").unlink()
     with pytest.raises(DataError) as err:
         CIFAR10DataModule(root=str(tmp_path), download=False).setup("fit")
-    assert str(err.value).startswith(
-        f"CIFAR10 not found: looked in {folder.resolve()} for data_batch_2, data_batch_5 (download is off)."
+    assert str(err.value).startswith(  # and in cifar10/train: see tests/test_data_recipe.py
+        f"CIFAR10 not found: looked in {folder.resolve()} for data_batch_2, data_batch_5 and in"
+        f" {(tmp_path / 'cifar10' / 'train').resolve()} for PNG class folders airplane/, automobile/,"
+        " ... (download is off)."
     )
     CIFAR10DataModule(root=str(tmp_path), download=False).setup("test")  # test_batch is there
 

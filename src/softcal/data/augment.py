@@ -7,26 +7,39 @@ resumed run repeats the exact crops and flips of an uninterrupted one.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 
+#: how the random crop fills the border it translates in: zeros, or the image mirrored at its
+#: edge (``F.pad``'s "reflect": index -1 reads 1, index H reads H - 2)
+PadMode = Literal["zeros", "reflect"]
+
 
 def crop_and_flip(
-    images: torch.Tensor, padding: int, hflip: bool, generator: torch.Generator | None = None
+    images: torch.Tensor,
+    padding: int,
+    hflip: bool,
+    generator: torch.Generator | None = None,
+    pad_mode: PadMode = "zeros",
 ) -> torch.Tensor:
-    """Random crop (zero-pad by ``padding``, cut an H x W window) and/or random horizontal flip,
+    """Random crop (pad by ``padding``, cut an H x W window) and/or random horizontal flip,
     both in one gather.
 
     Output pixel (y, x) of image i comes from the padded image at (dy_i + y, dx_i + x), or at
     (dy_i + y, dx_i + W - 1 - x) when image i is flipped, so the batch is copied once rather
     than once per transform - 5x faster on CPU than cropping by advanced indexing and then
     flipping with ``torch.where``. Random numbers are drawn in the order dy, dx, flip: the
-    results equal cropping first and flipping second.
+    results equal cropping first and flipping second. ``pad_mode="reflect"`` pads nothing: it
+    mirrors the out-of-image row and column indices back inside, the same gather reads them.
     """
     n, c, h, w = images.shape
     device = images.device
+    reflect = _is_reflect(pad_mode, padding, h, w)
     if padding > 0:
-        images = F.pad(images, (padding, padding, padding, padding))
+        if not reflect:
+            images = F.pad(images, (padding, padding, padding, padding))
         dy = torch.randint(0, 2 * padding + 1, (n, 1), generator=generator, device=device)
         dx = torch.randint(0, 2 * padding + 1, (n, 1), generator=generator, device=device)
     rows = torch.arange(h, device=device).expand(n, h)
@@ -37,21 +50,42 @@ def crop_and_flip(
     cols = cols.expand(n, w)
     if padding > 0:
         rows, cols = rows + dy, cols + dx
-    # Flat index into each padded (H + 2p) x (W + 2p) plane, shared by all channels (expand
-    # makes no copy).
+    if reflect:  # padded coordinates -> the unpadded image's, mirrored at its edges
+        rows, cols = _mirror(rows - padding, h), _mirror(cols - padding, w)
+    # Flat index into each (padded) plane, shared by all channels (expand makes no copy).
     plane = images.shape[-2] * images.shape[-1]
     index = rows[:, :, None] * images.shape[-1] + cols[:, None, :]
     out = images.reshape(n, c, plane).gather(2, index.view(n, 1, h * w).expand(n, c, h * w))
     return out.view(n, c, h, w)
 
 
+def _is_reflect(pad_mode: str, padding: int, h: int, w: int) -> bool:
+    """Whether the crop reflects; rejects unknown modes and reflections deeper than the image
+    (as ``F.pad`` does: a border of H or more rows has no mirror image inside)."""
+    if pad_mode not in ("zeros", "reflect"):
+        raise ValueError(f"pad_mode must be 'zeros' or 'reflect', not {pad_mode!r}")
+    if pad_mode == "reflect" and padding >= min(h, w):
+        raise ValueError(f"reflect padding {padding} needs images larger than it, got {h}x{w}")
+    return pad_mode == "reflect" and padding > 0
+
+
+def _mirror(index: torch.Tensor, size: int) -> torch.Tensor:
+    """Indices in [-(size - 1), 2 * (size - 1)] reflected into [0, size - 1] without repeating
+    the edge: -1 -> 1 and size -> size - 2."""
+    last = size - 1
+    return last - (last - index.abs()).abs()
+
+
 def random_crop(
-    images: torch.Tensor, padding: int, generator: torch.Generator | None = None
+    images: torch.Tensor,
+    padding: int,
+    generator: torch.Generator | None = None,
+    pad_mode: PadMode = "zeros",
 ) -> torch.Tensor:
-    """Zero-pad by ``padding`` pixels and cut a random H x W window from each image."""
+    """Pad by ``padding`` pixels (zeros or mirrored) and cut a random H x W window from each image."""
     if padding <= 0:
         return images
-    return crop_and_flip(images, padding, False, generator)
+    return crop_and_flip(images, padding, False, generator, pad_mode)
 
 
 def random_hflip(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -60,12 +94,16 @@ def random_hflip(images: torch.Tensor, generator: torch.Generator | None = None)
 
 
 def augment_batch(
-    images: torch.Tensor, crop_padding: int, hflip: bool, generator: torch.Generator | None = None
+    images: torch.Tensor,
+    crop_padding: int,
+    hflip: bool,
+    generator: torch.Generator | None = None,
+    pad_mode: PadMode = "zeros",
 ) -> torch.Tensor:
     """Crop and/or flip a uint8 or float batch (N, C, H, W); labels are untouched by design."""
     if crop_padding <= 0 and not hflip:
         return images
-    return crop_and_flip(images, max(crop_padding, 0), hflip, generator)
+    return crop_and_flip(images, max(crop_padding, 0), hflip, generator, pad_mode)
 
 
 def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

@@ -43,6 +43,10 @@ class TensorBatchLoader:
       summed over processes equal single-process metrics.
     * ``state_dict``/``load_state_dict`` make it resumable mid-epoch; the datamodule's own
       state carries them through checkpoints (see ``ClassificationDataModule.state_dict``).
+    * ``flip_seed`` (None: off) turns on alternating flips: dataset image i gets one random bit
+      from that seed, and in epoch e it is served mirrored left-right iff bit XOR (e is odd), so
+      every image is seen both ways in every two epochs. The flip depends only on (seed, i, e),
+      never on the batch or process that serves it: it survives resumes and sharding as is.
     """
 
     def __init__(
@@ -56,6 +60,7 @@ class TensorBatchLoader:
         world_size: int = 1,
         pin_memory: bool = False,
         device: torch.device | None = None,
+        flip_seed: int | None = None,
     ) -> None:
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
@@ -64,6 +69,8 @@ class TensorBatchLoader:
         self.rank, self.world_size = rank, world_size
         self.pin_memory = pin_memory and torch.cuda.is_available() and device is None
         self.device = device
+        self.flip_seed = flip_seed
+        self._flip_bits: torch.Tensor | None = None  # made on first use, on the images' device
         self.epoch = 0  # the epoch the next __iter__ serves
         self._skip = 0  # batches of that epoch already consumed before a restart
         self._serving: tuple[int, int] = (0, 0)  # (epoch, batches consumed) of the current pass
@@ -97,9 +104,31 @@ class TensorBatchLoader:
             with batch_sized_cpu_ops(self.images.device):
                 # index_select copies whole rows: ~5x faster than x[index]'s element gather.
                 x, y = self.images.index_select(0, index), self.labels.index_select(0, index)
+                if self.flip_seed is not None:
+                    x = self._alternate_flip(x, index, epoch)
             if self.pin_memory:
                 x, y = x.pin_memory(), y.pin_memory()
             yield x, y
+
+    def flip_bits(self) -> torch.Tensor:
+        """One random bool per dataset image, a pure function of ``flip_seed`` and ``len``."""
+        if self.flip_seed is None:
+            raise ValueError("flip_bits needs a flip_seed")
+        if self._flip_bits is None or self._flip_bits.device != self.images.device:
+            # The seed of the permutation of "epoch -1", which no epoch ever draws.
+            gen = torch.Generator().manual_seed(self.flip_seed * 1_000_003 - 1)
+            bits = torch.rand(len(self.labels), generator=gen) < 0.5
+            self._flip_bits = bits.to(self.images.device)
+        return self._flip_bits
+
+    def _alternate_flip(self, x: torch.Tensor, index: torch.Tensor, epoch: int) -> torch.Tensor:
+        """Mirror the images of ``x`` (gathered at dataset ``index``) whose bit, XOR the epoch's
+        parity, is set. ``torch.where`` over a mirrored copy costs two batch-sized copies but no
+        data-dependent shapes: on a GPU it never waits for the device, unlike a boolean mask."""
+        flip = self.flip_bits().index_select(0, index)
+        if epoch % 2:
+            flip = ~flip
+        return torch.where(flip.view(-1, *([1] * (x.dim() - 1))), x.flip(-1), x)
 
     def mark_consumed(self) -> tuple[int, int]:
         """Record that the model took one more batch; returns its (epoch, index in epoch).
