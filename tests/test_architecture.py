@@ -1,0 +1,179 @@
+"""The architecture rules of issue 11, checked on the source text (no softcal module is imported).
+
+- no module under src/softcal over 300 lines, no function or method over 60 lines;
+- imports only run down the layers (same layer or lower), at module level and inside functions
+  and ``TYPE_CHECKING`` blocks alike, and ``data`` and ``calibration`` do not import each other;
+- no ``utils`` module: every module says what it is for.
+
+Each failure lists every offender with its file and line, so the message says what to fix.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+PACKAGE = SRC / "softcal"
+
+MAX_MODULE_LINES = 300
+MAX_FUNCTION_LINES = 60
+
+# Lowest first. The key is the first name below ``softcal`` ("" is the package's own __init__).
+# ``softcal.configs`` is data (YAML read with importlib.resources), not code: it has no layer.
+LAYERS: dict[str, int] = {
+    "": 0,
+    "errors": 0,
+    "allocator": 0,
+    "softmax_demo": 0,
+    "synthetic": 0,
+    "data": 1,
+    "calibration": 1,
+    "model": 2,
+    "runs": 3,
+    "apps": 4,
+}
+NOT_CODE = {"configs"}
+# Same layer, but independent of each other: neither may import the other.
+SEPARATE = {("data", "calibration"), ("calibration", "data")}
+
+
+def source_files() -> list[Path]:
+    files = sorted(PACKAGE.rglob("*.py"))
+    assert files, f"no modules found under {PACKAGE}"
+    return files
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(SRC).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def where(path: Path, line: int | None = None) -> str:
+    rel = path.relative_to(SRC.parent).as_posix()
+    return f"{rel}:{line}" if line is not None else rel
+
+
+def parse(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+
+
+def imported_modules(path: Path, tree: ast.Module) -> list[tuple[int, str]]:
+    """Every module an import statement anywhere in ``tree`` names, as (line, dotted name).
+
+    ``from a import b`` yields both ``a`` and ``a.b`` (b may be a submodule); relative imports
+    are resolved against the importing module's package.
+    """
+    package = module_name(path)
+    if path.name != "__init__.py":
+        package = package.rpartition(".")[0]
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.extend((node.lineno, alias.name) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join(anchor + ([base] if base else []))
+            found.append((node.lineno, base))
+            found.extend((node.lineno, f"{base}.{alias.name}") for alias in node.names if alias.name != "*")
+    return found
+
+
+def layer_key(dotted: str) -> str | None:
+    """The LAYERS key of a softcal module name, or None for a module outside softcal."""
+    parts = dotted.split(".")
+    if parts[0] != "softcal":
+        return None
+    return parts[1] if len(parts) > 1 else ""
+
+
+def test_sources_are_found_and_every_module_has_a_layer() -> None:
+    unlisted = sorted(
+        f"{where(path)}: add '{key}' to LAYERS in tests/test_architecture.py"
+        for path in source_files()
+        if (key := layer_key(module_name(path))) not in LAYERS
+    )
+    assert not unlisted, "modules with no layer:\n" + "\n".join(unlisted)
+
+
+def test_no_module_over_300_lines() -> None:
+    too_long = []
+    for path in source_files():
+        count = len(path.read_text(encoding="utf-8").splitlines())
+        if count > MAX_MODULE_LINES:
+            too_long.append(f"{where(path)}: {count} lines")
+    assert not too_long, f"modules over {MAX_MODULE_LINES} lines:\n" + "\n".join(too_long)
+
+
+def test_no_function_over_60_lines() -> None:
+    too_long = []
+    for path in source_files():
+        for node in ast.walk(parse(path)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                # lineno is the ``def`` line: decorators do not count.
+                count = node.end_lineno - node.lineno + 1
+                if count > MAX_FUNCTION_LINES:
+                    too_long.append(f"{where(path, node.lineno)}: {node.name}() is {count} lines")
+    assert not too_long, f"functions over {MAX_FUNCTION_LINES} lines:\n" + "\n".join(too_long)
+
+
+def layering_errors(path: Path, tree: ast.Module) -> list[str]:
+    """One message per import statement of ``tree`` that reaches a higher or a separate layer."""
+    own = layer_key(module_name(path))
+    seen: dict[tuple[int, str], str] = {}  # (line, layer) -> the shortest name: ``a`` over ``a.b``
+    for line, dotted in imported_modules(path, tree):
+        target = layer_key(dotted)
+        if target is not None and target not in NOT_CODE and target != own:
+            seen.setdefault((line, target), dotted)
+    errors = []
+    for (line, target), dotted in sorted(seen.items()):
+        if target not in LAYERS:
+            errors.append(f"{where(path, line)}: imports {dotted}, which has no layer")
+        elif LAYERS[target] > LAYERS[own]:
+            errors.append(f"{where(path, line)}: {own or 'softcal'} imports {dotted}, a higher layer")
+        elif (own, target) in SEPARATE:
+            errors.append(f"{where(path, line)}: {own} imports {dotted}; {own} and {target} are separate")
+    return errors
+
+
+def test_imports_only_run_down_the_layers() -> None:
+    errors = [error for path in source_files() for error in layering_errors(path, parse(path))]
+    assert not errors, "imports that break the layering:\n" + "\n".join(errors)
+
+
+def test_no_utils_module() -> None:
+    vague = [
+        where(path)
+        for path in PACKAGE.rglob("*")
+        if path.stem in {"utils", "util"} and (path.suffix == ".py" or path.is_dir())
+    ]
+    assert not vague, "name these modules after what they do:\n" + "\n".join(sorted(vague))
+
+
+@pytest.mark.parametrize(
+    ("module", "source", "expected"),
+    [
+        ("calibration/metrics.py", "def f():\n    from softcal.model.module import Classifier", ["model"]),
+        ("calibration/metrics.py", "from softcal.data import loader", ["data"]),
+        ("data/loader.py", "from ..calibration import metrics", ["calibration"]),
+        ("runs/load.py", "if TYPE_CHECKING:\n    import softcal.apps.cli", ["apps"]),
+        ("errors.py", "from softcal import runs", ["runs"]),
+        ("apps/cli.py", "from softcal.runs import load\nimport softcal.errors\nimport softcal.configs", []),
+        ("model/module.py", "from softcal.data.loader import Batch\nfrom . import nets", []),
+    ],
+)
+def test_layering_check_flags_upward_and_sideways_imports(
+    module: str, source: str, expected: list[str]
+) -> None:
+    """The finder must see imports inside functions and TYPE_CHECKING blocks and resolve relative
+    ones, or the layering test above passes whatever the sources import."""
+    errors = layering_errors(PACKAGE / module, ast.parse(source))
+    assert len(errors) == len(expected), errors
+    for error, layer in zip(errors, expected, strict=True):
+        assert f"imports softcal.{layer}" in error and f"src/softcal/{module}:" in error
