@@ -4,11 +4,14 @@ config or dataset, replaced when it is re-run."""
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import shlex
 import shutil
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +21,13 @@ from softcal.allocator import keep_freed_memory
 from softcal.synthetic import write_cifar_dataset, write_idx_dataset, write_image_folder
 from softcal_bench import report
 from softcal_bench.data_path import measure_data_path
-from softcal_bench.machine import load_average, machine_info, measure_command
+from softcal_bench.machine import load_average, machine_info, reset_peak_rss, rss_mib
 from softcal_bench.overhead import median_per_epoch, run_interleaved
+from softcal_bench.overlays import config_args, merged, parse_spec
+from softcal_bench.seeds import REPO, fresh_cache, run_seeds, seed_measures
 from softcal_bench.targets import TARGETS
 
-REPO = Path(__file__).resolve().parents[2]
+Measured = tuple[str, dict[str, float | None]]  # a part's markdown, the values targets are checked on
 #: name -> (config in configs/, whether it trains); the others measure the data path alone.
 DATASETS = {"mnist": ("mnist.yaml", True), "cifar10": ("cifar10.yaml", True),
             "synthetic-cifar": ("cifar10.yaml", False),  # on generated CIFAR-10-sized pickles
@@ -40,9 +45,19 @@ def data_overrides(overrides: Sequence[str]) -> dict[str, Any]:
     return {flag[len(prefix):]: yaml.safe_load(value) for flag, value in pairs if flag.startswith(prefix)}
 
 
-def write_tiny_data(config: Path, root: Path) -> None:
-    """A few hundred generated images in the format the config's datamodule reads."""
-    data = yaml.safe_load(config.read_text())["data"]
+@dataclass
+class Job:
+    """One section: its name (its targets' key), the configs it trains (a base, then its
+    overlays), and whether it trains them or measures the data path alone."""
+
+    name: str
+    configs: list[Path]
+    trains: bool
+
+
+def write_tiny_data(configs: Sequence[Path], root: Path) -> None:
+    """A few hundred generated images in the format the configs' datamodule reads."""
+    data = merged(configs)["data"]
     kind = data["class_path"].rsplit(".", 1)[1].removesuffix("DataModule")
     if kind in ("MNIST", "FashionMNIST"):
         write_idx_dataset(root, kind)
@@ -57,104 +72,144 @@ def shown(config: Path) -> str:
     return str(config.relative_to(REPO) if config.is_relative_to(REPO) else config)
 
 
-def data_root(name: str, config: Path, args: argparse.Namespace, work: Path) -> Path:
+def data_root(job: Job, args: argparse.Namespace, work: Path) -> Path:
     """Generated data (--tiny, synthetic-cifar), else --data-root, $SOFTCAL_DATA_ROOT, data/ or
     ../shared/data, the first that exists."""
     root = work / "data"
-    if name == "synthetic-cifar":
+    if job.name == "synthetic-cifar":
         write_cifar_dataset(root, 10, n_train=512 if args.tiny else 50_000, n_test=100)
     elif args.tiny:
-        write_tiny_data(config, root)
+        write_tiny_data(job.configs, root)
     else:
         found = [args.data_root, os.environ.get("SOFTCAL_DATA_ROOT"), REPO / "data", REPO / "../shared/data"]
         root = next((Path(c) for c in found if c and Path(c).is_dir()), Path("data"))
     return root
 
 
-def train_script(command: list[str], work: Path) -> dict[str, Any]:
-    """``python scripts/train.py`` as a user runs it: wall time, peak RSS, results.json's metrics."""
-    save_dir, log = work / "runs", work / "train.log"
-    run = measure_command([*command, "--trainer.logger.init_args.save_dir", str(save_dir)], log, REPO)
-    run["metrics"] = {}
-    for results in save_dir.glob("*/version_*/results.json"):
-        run["metrics"] = yaml.safe_load(results.read_text())["metrics"]  # JSON is YAML
-    if run["returncode"] != 0:
-        print(log.read_text()[-3000:], file=sys.stderr)
-        run["wall_s"] = None  # a failed run's time answers nothing
-    return run
+def measure_train(job: Job, args: argparse.Namespace, overrides: list[str], work: Path) -> Measured:
+    """``train.py`` once per seed, as a user runs it."""
+    command = ["scripts/train.py", *config_args(job.configs, shown), *overrides]
+    runs = run_seeds([sys.executable, *command], args.seeds or [None], work / "train", args.cold_cache)
+    shown_command = " ".join(["python", *command, *(["--seed_everything", "S"] if args.seeds else [])])
+    return report.seeds_markdown(shown_command, runs), seed_measures(runs)
 
 
-def measure(name: str, config: Path, trains: bool, overrides: list[str], work: Path,
-            repeats: int) -> tuple[list[str], dict[str, float | None]]:  # fmt: skip
-    """One section's measurements: markdown parts, and the values the targets are checked on."""
-    parts, measured = [], {}
-    if trains:
-        command = ["scripts/train.py", "--config", shown(config), *overrides]
-        print(f"[benchmark] python {' '.join(command)} ...", flush=True)
-        run = train_script([sys.executable, *command], work)
-        metrics = run["metrics"]
-        measured = {"test_acc": metrics.get("test/acc"), "wall_s": run["wall_s"],
-                    "test_ece": metrics.get("test/ece"), "calibrated_ece": metrics.get("test_calibrated/ece"),
-                    "peak_rss_gb": run["peak_rss_gb"]}  # fmt: skip
-        print(f"[benchmark] (a) with (c) and (c') interleaved, {repeats} repeat(s) ...", flush=True)
-        runs = run_interleaved(["--config", str(config), *overrides,
-                                "--trainer.logger.init_args.save_dir", str(work / "interleaved")], repeats)
-        measured["overhead"] = max(median_per_epoch(runs), default=None)
-        measured["control"] = max(median_per_epoch(runs, "control"), key=abs, default=None)
-        parts += [report.train_script_markdown(f"python {' '.join(command)}", run),
-                  report.interleaved_markdown(runs)]  # fmt: skip
-    print(f"[benchmark] data path alone, {name} ...", flush=True)
-    rows, probe = measure_data_path(config, data_overrides(overrides))
-    measured["data_speedup"] = rows[0].per_s / rows[1].per_s
-    measured["data_peak_gb"] = probe["peak_mib"] * 2**20 / 1e9
-    return [*parts, report.data_path_markdown(rows, probe)], measured
+def measure_overhead(job: Job, args: argparse.Namespace, overrides: list[str], work: Path) -> Measured:
+    """(a) with (c) and (c') interleaved, with --overhead-args on top of the section's arguments."""
+    extra, repeats = shlex.split(args.overhead_args), 1 if args.tiny else args.repeats
+    print(f"[benchmark] (a) with (c) and (c') interleaved, {repeats} repeat(s) ...", flush=True)
+    save_dir = ["--trainer.logger.init_args.save_dir", str(work / "interleaved")]
+    # The peak of these fits alone, not of an earlier section's data path: n/a where the kernel
+    # cannot restart the high-water mark.
+    reset = reset_peak_rss()
+    runs = run_interleaved([*config_args(job.configs), *overrides, *extra, *save_dir], repeats)
+    peak_gb = (rss_mib("VmHWM") or math.nan) * 2**20 / 1e9 if reset else None
+    measured = {"overhead": max(median_per_epoch(runs), default=None),
+                "control": max(median_per_epoch(runs, "control"), key=abs, default=None),
+                "overhead_peak_gb": peak_gb}  # fmt: skip
+    return report.interleaved_markdown(runs, extra, peak_gb), measured
 
 
-def run_section(name: str, config: Path, trains: bool, args: argparse.Namespace) -> str:
-    work = Path(tempfile.mkdtemp(prefix=f"softcal-bench-{name}-"))
+def measure_data(job: Job, args: argparse.Namespace, overrides: list[str], work: Path) -> Measured:
+    print(f"[benchmark] data path alone, {job.name} ...", flush=True)
+    with fresh_cache(work, args.cold_cache):  # cold: its first set-up decodes an image folder
+        rows, probe = measure_data_path(job.configs, data_overrides(overrides))
+    measured = {"data_speedup": rows[0].per_s / rows[1].per_s,
+                "data_peak_gb": probe["peak_mib"] * 2**20 / 1e9}  # fmt: skip
+    return report.data_path_markdown(rows, probe), measured
+
+
+#: (what it measures, how, the switch that skips it, whether only a training section has it)
+PARTS: list[tuple[str, Callable[..., Measured], str, bool]] = [
+    ("`train.py` per seed", measure_train, "skip_train", True),
+    ("Lightning vs a bare PyTorch loop", measure_overhead, "skip_overhead", True),
+    ("the data path", measure_data, "skip_data_path", False),
+]
+
+
+def notes(job: Job, args: argparse.Namespace) -> list[str]:
+    given = f", overrides: `{' '.join(args.overrides)}`" if args.overrides else ""
+    cache = ("cold: every `train.py` run, and the data path, had a fresh empty `SOFTCAL_CACHE_DIR`, so"
+             " decoding an image folder is in their time" if args.cold_cache else "as found"
+             " (`$SOFTCAL_CACHE_DIR` or `~/.cache/softcal`): an image folder decoded before is read"
+             " from there")  # fmt: skip
+    lines = ["config: " + " + ".join(f"`{shown(c)}`" for c in job.configs) + given,
+             f"decoded-image cache: {cache} (pickled data sets are never cached)",
+             "malloc: freed memory kept in the heap (`softcal.allocator`), here and in `train.py`"]
+    if args.tiny:
+        lines.append("**--tiny smoke run on a few batches of generated data: the numbers mean nothing**")
+    return lines
+
+
+def run_section(job: Job, args: argparse.Namespace) -> str:
+    work = Path(tempfile.mkdtemp(prefix=f"softcal-bench-{job.name}-"))
     try:
-        os.environ["SOFTCAL_DATA_ROOT"] = str(data_root(name, config, args, work))  # train.py's too
+        os.environ["SOFTCAL_DATA_ROOT"] = str(data_root(job, args, work))  # train.py's too
         info, load_before = machine_info(), load_average()
         overrides = [*(TINY_ARGS if args.tiny else []), *args.overrides]
-        parts, measured = measure(name, config, trains, overrides, work, 1 if args.tiny else args.repeats)
-        given = f", overrides: `{' '.join(args.overrides)}`" if args.overrides else ""
-        notes = [f"config: `{shown(config)}`{given}",
-                 "malloc: freed memory kept in the heap (`softcal.allocator`), here and in `train.py`"]
-        if args.tiny:
-            notes.append("**--tiny smoke run on a few batches of generated data: the numbers mean nothing**")
-        title = f"{name}: Lightning vs a bare PyTorch loop, and the data path" if trains else \
-            f"{name}: the data path alone"
-        machine = report.machine_block(info, load_before, load_average(), notes)
-        return report.section(title, machine, parts, measured, TARGETS.get(name, {}))
+        parts = [(what, how) for what, how, skip, trains in PARTS
+                 if not getattr(args, skip) and (job.trains or not trains)]  # fmt: skip
+        texts, measured = [], {}
+        for _, how in parts:
+            text, values = how(job, args, overrides, work)
+            texts.append(text)
+            measured.update(values)
+        machine = report.machine_block(info, load_before, load_average(), notes(job, args))
+        targets = {k: v for k, v in TARGETS.get(job.name, {}).items() if k in measured}  # measured here
+        title = f"{job.name}: " + ", ".join(what for what, _ in parts)
+        return report.section(title, machine, texts, measured, targets)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+EXAMPLES = """examples:
+  %(prog)s --dataset mnist                      train.py, overhead and data path for configs/mnist.yaml
+  %(prog)s --config configs/cifar10.yaml --seeds 0 1 2 --cold-cache --skip-overhead
+  %(prog)s --config configs/cifar10.yaml+configs/cifar10_quick.yaml --seeds 0 1 2
+  %(prog)s --config configs/cifar10.yaml --section cifar10-overhead --skip-train --skip-data-path \\
+      --overhead-args="--trainer.max_epochs 2 --trainer.limit_train_batches 30"
+  %(prog)s --tiny --out /tmp/b.md               smoke test on generated data"""
+
+
+def parser() -> argparse.ArgumentParser:
     import softcal_bench  # its docstring describes the whole benchmark
 
-    parser = argparse.ArgumentParser(description=softcal_bench.__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", nargs="+", choices=DATASETS, default=[],
-                        help="mnist, cifar10: train configs/<name>.yaml; synthetic-cifar,"
-                             " cifar10-sample: the data path alone (default: mnist synthetic-cifar)")
-    parser.add_argument("--config", nargs="+", type=Path, default=[],
-                        help="train these configs (a section each, named after the file)")
-    parser.add_argument("--section", help="the section's name in --out (one section only)")
-    parser.add_argument("--tiny", action="store_true", help="generated data, a few batches: a smoke test")
-    parser.add_argument("--repeats", type=int, default=3, help="of the interleaved measurement")
-    parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
-    parser.add_argument("--data-root", help="default: $SOFTCAL_DATA_ROOT, data/, ../shared/data")
-    parser.add_argument("overrides", nargs="*", help="after --: CLI overrides, e.g. -- --model.lr 0.01")
-    args = parser.parse_args(argv)
+    p = argparse.ArgumentParser(description=softcal_bench.__doc__.split("\n\n")[0], epilog=EXAMPLES,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("--dataset", nargs="+", choices=DATASETS, default=[],
+                   help="mnist, cifar10: train configs/<name>.yaml; synthetic-cifar,"
+                        " cifar10-sample: the data path alone (default: mnist synthetic-cifar)")  # fmt: skip
+    p.add_argument("--config", nargs="+", default=[],
+                   help="train these configs, a section each named after the file; A.yaml+B.yaml trains A"
+                        " with the overlay B (train.py --config A --config B), section named B")  # fmt: skip
+    p.add_argument("--section", help="the section's name in --out (one section only)")
+    p.add_argument("--seeds", nargs="+", type=int, help="a train.py run per seed (default: the config's)")
+    p.add_argument("--cold-cache", action="store_true",
+                   help="a fresh empty SOFTCAL_CACHE_DIR per train.py run: decoding is in its wall time")
+    p.add_argument("--overhead-args", default="",
+                   help='overrides for the interleaved fit only: --overhead-args="--trainer.max_epochs 2"')
+    for part, what in (("train", "the train.py runs"), ("overhead", "the interleaved overhead"),
+                       ("data-path", "the data path alone")):  # fmt: skip
+        p.add_argument(f"--skip-{part}", action="store_true", help=f"leave out {what}")
+    p.add_argument("--tiny", action="store_true", help="generated data, a few batches: a smoke test")
+    p.add_argument("--repeats", type=int, default=3, help="of the interleaved measurement")
+    p.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
+    p.add_argument("--data-root", help="default: $SOFTCAL_DATA_ROOT, data/, ../shared/data")
+    p.add_argument("overrides", nargs="*", help="after --: CLI overrides, e.g. -- --model.lr 0.01")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     names = args.dataset or ([] if args.config else ["mnist", "synthetic-cifar"])
-    jobs = [(name, REPO / "configs" / DATASETS[name][0], DATASETS[name][1]) for name in names]
-    jobs += [(Path(c).stem, Path(c).resolve(), True) for c in args.config]
+    jobs = [Job(name, [REPO / "configs" / DATASETS[name][0]], DATASETS[name][1]) for name in names]
+    jobs += [Job(*parse_spec(spec), trains=True) for spec in args.config]
     if args.section and len(jobs) != 1:
-        parser.error("--section names one section: give one dataset or config")
+        parser().error("--section names one section: give one dataset or config")
     keep_freed_memory()  # as train.py does: the fits, bare loops and data paths all run with it
-    for name, config, trains in jobs:
-        text = run_section(name, config, trains, args)
-        report.write_section(args.out, args.section or name, text)
+    for job in jobs:
+        text = run_section(job, args)
+        report.write_section(args.out, args.section or job.name, text)
         print("\n" + text, flush=True)
     print(f"[benchmark] written to {args.out}")
     return 0

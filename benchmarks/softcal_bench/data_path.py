@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib
 import multiprocessing
 import time
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,17 +15,18 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
 from softcal.data import ClassificationDataModule, ImageFolderDataModule
 from softcal_bench.machine import rss_mib, tensor_mib
+from softcal_bench.overlays import merged
 
 WORKERS = 2  # the tutorial DataLoader's worker count
 
 
-def datamodule_from_config(config: Path, overrides: dict[str, Any]) -> ClassificationDataModule:
-    """The config's ``data`` section, built without the CLI (so without a model in memory)."""
-    data = yaml.safe_load(Path(config).read_text())["data"]
+def datamodule_from_config(configs: Sequence[Path], overrides: dict[str, Any]) -> ClassificationDataModule:
+    """The ``data`` section of the configs (a base and its overlays), built without the CLI (so
+    without a model in memory)."""
+    data = merged(configs)["data"]
     module, name = data["class_path"].rsplit(".", 1)
     cls = getattr(importlib.import_module(module), name)
     return cls(**{**data.get("init_args", {}), "download": False, **overrides})
@@ -52,7 +54,9 @@ def tutorial_dataset(dm: ClassificationDataModule) -> torch.utils.data.Dataset:
     """The same training images and augmentation the PIL way; image folders decode their files."""
     from torchvision import datasets, transforms
 
-    steps = [transforms.RandomCrop(dm.image_size, padding=dm.crop_padding)] if dm.crop_padding else []
+    pad = "reflect" if getattr(dm, "crop_pad_mode", "zeros") == "reflect" else "constant"
+    crop = transforms.RandomCrop(dm.image_size, dm.crop_padding, padding_mode=pad)
+    steps = [crop] if dm.crop_padding else []
     steps += [transforms.RandomHorizontalFlip()] if dm.hflip else []
     transform = transforms.Compose([*steps, transforms.ToTensor(), transforms.Normalize(dm.mean, dm.std)])
     if isinstance(dm, ImageFolderDataModule):
@@ -94,18 +98,18 @@ class DataPathRow:
         return self.samples / self.seconds if self.seconds > 0 else float("nan")
 
 
-def timed_setup(config: Path, overrides: dict[str, Any]) -> tuple[ClassificationDataModule, float]:
+def timed_setup(configs: Sequence[Path], overrides: dict[str, Any]) -> tuple[ClassificationDataModule, float]:
     start = time.perf_counter()
-    dm = datamodule_from_config(config, overrides)
+    dm = datamodule_from_config(configs, overrides)
     dm.setup("fit")
     return dm, time.perf_counter() - start
 
 
-def measure_data_path(config: Path, overrides: dict[str, Any]) -> tuple[list[DataPathRow], dict]:
+def measure_data_path(configs: Sequence[Path], overrides: dict[str, Any]) -> tuple[list[DataPathRow], dict]:
     """Both data paths over the config's training split, batch size and augmentation; then the
     peak memory of softcal's in a fresh process."""
-    _, first_s = timed_setup(config, overrides)  # image folders: decode and write the cache
-    dm, load_s = timed_setup(config, overrides)  # what every later run does
+    _, first_s = timed_setup(configs, overrides)  # image folders: decode, or read a warm cache
+    dm, load_s = timed_setup(configs, overrides)  # what every later run does
     ours = DataPathRow(f"softcal TensorBatchLoader + preprocess(train=True), batch {dm.batch_size}",
                        *softcal_epoch(dm), f"{first_s:.2f} first, {load_s:.2f} later",
                        tensor_mib(*(t for split in dm.splits.values() for t in split)))  # fmt: skip
@@ -117,14 +121,14 @@ def measure_data_path(config: Path, overrides: dict[str, Any]) -> tuple[list[Dat
                          *tutorial_epoch(dataset, dm.batch_size), f"{load_s:.2f}")  # fmt: skip
     # spawn, not fork: a fresh interpreter, so the peak is the data path's and nothing else's.
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        probe = pool.submit(memory_probe, str(config), overrides).result()
+        probe = pool.submit(memory_probe, [str(c) for c in configs], overrides).result()
     return [ours, theirs], probe
 
 
-def memory_probe(config: str, overrides: dict[str, Any]) -> dict[str, float]:
+def memory_probe(configs: list[str], overrides: dict[str, Any]) -> dict[str, float]:
     """In a fresh process: RSS after imports, then the peak over setup and one augmented epoch."""
     baseline = rss_mib() or 0.0  # torch and softcal imported, nothing read yet
-    dm = datamodule_from_config(Path(config), overrides)
+    dm = datamodule_from_config([Path(c) for c in configs], overrides)
     dm.setup("fit")
     softcal_epoch(dm)
     return {"baseline_mib": baseline, "peak_mib": rss_mib("VmHWM") or float("nan"),

@@ -57,6 +57,16 @@ def rss_mib(field: str = "VmRSS") -> float | None:
     return int(value.split()[0]) / 1024 if value else None
 
 
+def reset_peak_rss() -> bool:
+    """Restart this process's high-water mark (``VmHWM``) from its current RSS (Linux >= 4.0), so
+    that a later peak belongs to what ran after; False where the kernel does not allow it."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
 def tensor_mib(*tensors: torch.Tensor) -> float:
     return sum(t.numel() * t.element_size() for t in tensors) / 2**20
 

@@ -25,7 +25,6 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 
-from softcal.data import TensorBatchLoader
 from softcal_bench.machine import sync
 
 
@@ -38,7 +37,7 @@ class BareLoop:
 
     def attach(self, trainer: L.Trainer) -> None:
         """Called when (a)'s fit starts: its data is set up and its schedule's length known."""
-        model, self.dm = self.model, trainer.datamodule
+        model = self.model
         self.device = trainer.strategy.root_device
         model.to(self.device)
         # (a)'s state as its training starts: anything its setup hooks computed (buffers too).
@@ -52,24 +51,22 @@ class BareLoop:
         config = config if isinstance(config, dict) else {"optimizer": config}
         self.optimizer = config["optimizer"]
         self.scheduler = config.get("lr_scheduler", {}).get("scheduler")  # stepped per step
-        self.loader = TensorBatchLoader(*self.dm.splits["train"], self.dm.batch_size, shuffle=True,
-                                        seed=self.dm.split_seed)  # fmt: skip
-        self.augment = self.dm.crop_padding > 0 or self.dm.hflip
+        # Batches from a shallow copy of (a)'s datamodule: the same tensors, loader settings
+        # (order, flips inside the loader, device residency) and per-batch augmentation, through
+        # the datamodule's own code, with a train loader of its own so (a)'s is never advanced.
+        self.dm = copy.copy(trainer.datamodule)
+        self.loader = self.dm.train_dataloader()
         self.autocast = trainer.precision_plugin.train_step_context  # bf16-mixed, as (a)
 
     def start_epoch(self) -> None:
         self.model.train()
-        self.epoch, self.index = self.loader.epoch, 0
         self.batches = iter(self.loader)
 
     def step(self) -> None:
-        images, labels = (t.to(self.device) for t in next(self.batches))
-        generator = None
-        if self.augment:  # seeded as ClassificationDataModule.on_after_batch_transfer seeds (a)'s
-            generator = torch.Generator(device=self.device)
-            generator.manual_seed(hash((self.dm.split_seed, 0, self.epoch, self.index)))
-        self.index += 1
-        images = self.dm.preprocess(images, train=True, generator=generator)
+        batch = tuple(t.to(self.device) for t in next(self.batches))
+        # The hook that augments (a)'s batches, seeded per (run seed, epoch, batch) as for (a):
+        # it counts the batches of this loop's loader, and trains while (a)'s trainer does.
+        images, labels = self.dm.on_after_batch_transfer(batch, 0)
         with self.autocast():
             logits = self.model(images)
             loss = F.cross_entropy(logits, labels, label_smoothing=self.model.hparams.label_smoothing)

@@ -9,7 +9,8 @@ from typing import Any
 
 from softcal_bench.data_path import DataPathRow
 from softcal_bench.overhead import InterleavedRun, median_per_epoch
-from softcal_bench.targets import show, verdict_rows
+from softcal_bench.seeds import COLUMNS, aggregate
+from softcal_bench.targets import SEED_STAT, show, verdict_rows
 
 HEADER = """# Benchmarks
 
@@ -48,7 +49,8 @@ def machine_block(info: Mapping[str, str], load_before: str, load_after: str, no
     return "\n".join(lines + [f"- {note}" for note in notes])
 
 
-def interleaved_markdown(runs: Sequence[InterleavedRun]) -> str:
+def interleaved_markdown(runs: Sequence[InterleavedRun], extra_args: Sequence[str],
+                         peak_gb: float | None) -> str:  # fmt: skip
     rows = [[str(r + 1), str(i + 1), str(e.steps), f"{e.lightning_s:.2f}",
              *(f"{s:.2f}" for s in e.bare_s), show(e.overhead, "%+"), show(e.control, "%+"),
              " / ".join(f"{ms:.2f}" for ms in (e.lightning_step_ms, *e.bare_step_ms))]
@@ -60,14 +62,16 @@ def interleaved_markdown(runs: Sequence[InterleavedRun]) -> str:
                      f" (c') {'yes' if run.same_weights[1] else 'no'}" for r, run in enumerate(runs))
     return "\n".join([
         f"### Lightning overhead per training epoch, interleaved in one process, {len(runs)} repeat(s)",
-        "", INTERLEAVED, "",
+        "", INTERLEAVED + (f" The fit here runs with `{' '.join(extra_args)}` on top of the section's"
+                           " config and overrides." if extra_args else ""), "",
         md_table(["repeat", "epoch", "steps", "(a) Lightning (s)", "(c) bare (s)", "(c') bare (s)",
                   "(a) vs mean of (c), (c')", "control: (c') vs (c)",
                   "median step (a) / (c) / (c') (ms)"], rows),
         "", f"Median over the repeats, per epoch: overhead {percents(median_per_epoch(runs))};"
         f" control {percents(median_per_epoch(runs, 'control'))}.",
         "", f"Test accuracy of the final weights after training interleaved: {accs}. Final weights"
-        f" identical to (a)'s: {same}.",
+        f" identical to (a)'s: {same}. Peak RSS of this process during the interleaved fits (three nets"
+        f" and their optimizers, one copy of the data): {show(peak_gb, 'GB')}.",
     ])  # fmt: skip
 
 
@@ -85,13 +89,25 @@ def data_path_markdown(rows: Sequence[DataPathRow], probe: Mapping[str, float]) 
     ])  # fmt: skip
 
 
-def train_script_markdown(command: str, run: Mapping[str, Any]) -> str:
-    metrics = run.get("metrics", {})
-    return (f"`{command}` as a user runs it (output in a temporary run directory):"
-            f" **{show(run['wall_s'], 's')} wall**, test accuracy **{show(metrics.get('test/acc'), '%')}**,"
-            f" test ECE {show(metrics.get('test/ece'), '%')} raw,"
-            f" {show(metrics.get('test_calibrated/ece'), '%')} after temperature scaling, peak RSS"
-            f" {show(run['peak_rss_gb'], 'GB')}, exit code {run['returncode']}.")  # fmt: skip
+def seeds_markdown(command: str, runs: Sequence[Mapping[str, Any]]) -> str:
+    """``train.py`` per seed: a row per run and, over several seeds, their mean, min and max."""
+    def row(label: str, values: Mapping[str, Any], code: str = "") -> list[str]:
+        return [label, *(show(values.get(c), unit) for c, (_, unit) in COLUMNS.items()), code]
+
+    rows = [row("config's" if r["seed"] is None else str(r["seed"]), r, str(r["returncode"])) for r in runs]
+    if len(runs) > 1:
+        rows += [row(f"**{stat}**", values) for stat, values in aggregate(runs).items()]
+    by_stat: dict[str, list[str]] = {}
+    for measure, stat in SEED_STAT.items():
+        by_stat.setdefault(stat, []).append(COLUMNS[measure][0])
+    checked = "; ".join(f"the {stat} for {', '.join(names)}" for stat, names in by_stat.items())
+    return "\n".join([
+        f"### `train.py`, {len(runs)} seed(s)", "",
+        f"`{command}` as a user runs it, a fresh process per seed (output in a temporary run"
+        f" directory). ECE, NLL and Brier on the test set with the raw softmax and after"
+        f" temperature scaling by the T fitted on the validation split. Targets over the seeds: {checked}.",
+        "", md_table(["seed", *(head for head, _ in COLUMNS.values()), "exit code"], rows),
+    ])  # fmt: skip
 
 
 def section(title: str, machine: str, parts: Sequence[str], measured: Mapping[str, float | None],
