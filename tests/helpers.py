@@ -51,3 +51,40 @@ class NaNAfter(nn.Module):
             if self.calls > self.after:
                 return logits * float("nan")
         return logits
+
+
+class TermAtStep(L.Callback):
+    """Send this process SIGTERM (what a scheduler sends before it kills a job) once ``step``
+    optimizer steps are done; Lightning's signal connector takes it from there."""
+
+    def __init__(self, step: int) -> None:
+        self.step, self.sent = step, False
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step >= self.step and not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+class FileSizeLimitAtStep(L.Callback):
+    """Once ``step`` optimizer steps are done, keep a copy of ``last.ckpt`` as
+    ``last.ckpt.before`` and cap the size of any file this process writes at half of it
+    (``RLIMIT_FSIZE``, SIGXFSZ ignored so a write fails with EFBIG): the next checkpoint runs
+    out of room part-way, as on a full disk."""
+
+    def __init__(self, step: int) -> None:
+        self.step, self.done = step, False
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        import resource
+        import shutil
+        from pathlib import Path
+
+        if trainer.global_step < self.step or self.done:
+            return
+        self.done = True
+        last = Path(trainer.checkpoint_callback.dirpath) / "last.ckpt"
+        shutil.copyfile(last, last.with_name("last.ckpt.before"))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
+        resource.setrlimit(resource.RLIMIT_FSIZE, (last.stat().st_size // 2, hard))

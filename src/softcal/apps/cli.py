@@ -21,9 +21,11 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from softcal.allocator import FreezeStartupObjects, keep_freed_memory
 from softcal.apps.config_files import default_config, resolve_config
 from softcal.calibration.callbacks import CalibrationFigures, TemperatureScaling
+from softcal.checks import check_epochs
 from softcal.data import ClassificationDataModule, default_data_root
 from softcal.errors import SoftcalError
 from softcal.model.module import Classifier
+from softcal.runs.checkpoint_io import with_atomic_checkpoints
 from softcal.runs.files import latest_run_with_last
 from softcal.runs.last_checkpoint import LastCheckpoint
 
@@ -66,6 +68,11 @@ class SoftcalCLI(LightningCLI):
             # jsonargparse explains unknown keys and wrong types well, over several lines.
             detail = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
             raise SoftcalError(f"bad config or argument: {detail} (see --help)") from err
+        except ValueError as err:  # jsonargparse wraps what a constructor raises in its own error
+            cause = softcal_cause(err)
+            if cause is None:
+                raise
+            raise cause from None  # the constructor's one line (e.g. batch_size=0), not the wrapper
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_class_arguments(ModelCheckpoint, "checkpoint", instantiate=False)
@@ -111,8 +118,10 @@ class SoftcalCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """The Trainer with the config's callbacks plus the ones every softcal run gets."""
         config = {**self.config_init.get("trainer", {}), **kwargs}
+        check_epochs(config.get("max_epochs"), config.get("max_steps"))
         given = config.get("callbacks") or []
         config["callbacks"] = [*(given if isinstance(given, list) else [given]), *self.run_callbacks(config)]
+        config["plugins"] = with_atomic_checkpoints(config.get("plugins"))  # every .ckpt: atomic
         if self.save_config_callback and not config.get("fast_dev_run", False):
             config["callbacks"].append(
                 self.save_config_callback(self.parser, self.config, **self.save_config_kwargs))
@@ -137,6 +146,19 @@ class SoftcalCLI(LightningCLI):
             callbacks.append(TQDMProgressBar(refresh_rate=settings.get("progress_refresh_rate", 50)))
         callbacks.append(FreezeStartupObjects())
         return callbacks
+
+
+def softcal_cause(err: BaseException) -> SoftcalError | None:
+    """The SoftcalError a wrapping exception was raised from (via ``from`` or while handling
+    it), e.g. a datamodule's one-line error inside jsonargparse's "does not validate"."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, SoftcalError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def resolve_resume(ckpt_path: str | None, logger: Any) -> str | None:

@@ -13,16 +13,18 @@ Without ``--config`` the default ``configs/mnist.yaml`` is used; any value can b
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import Trainer
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from softcal.apps.cli import SoftcalCLI
 from softcal.errors import exit_on_user_error
 from softcal.runs.checkpoints import check_checkpoint_fits, checkpoint_hparams, load_checkpoint
 from softcal.runs.files import atomic_write_json
-from softcal.runs.last_checkpoint import LastCheckpoint
+from softcal.runs.last_checkpoint import LastCheckpoint, sigterm_message
 
 #: Row order of the results table; metrics not listed follow in name order.
 ROW_ORDER = ("acc", "acc_top5", "ece", "mce", "rmsce", "adaptive_ece", "classwise_ece", "brier", "nll",
@@ -65,6 +67,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         check_checkpoint_fits(cli.resume_path, checkpoint_hparams(saved, cli.resume_path), datamodule)
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cli.resume_path)
+    except SIGTERMException:  # raised by Lightning after a SIGTERM; last.ckpt is saved by then
+        if trainer.is_global_zero:
+            print(sigterm_message(trainer), file=sys.stderr)
+        raise SystemExit(143) from None  # 128 + SIGTERM: the shell's code for a terminated job
     except SystemExit:  # Lightning ends a Ctrl-C'd fit with sys.exit(1) after its shutdown
         if trainer.interrupted:
             raise SystemExit(130) from None  # the shell's code for an interrupted command

@@ -17,6 +17,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from softcal.checks import above, at_least, check_options
 from softcal.data.augment import augment_batch, normalize
 from softcal.data.download import not_found, torchvision_download, why_missing
 from softcal.data.loader import Batch, TensorBatchLoader, batch_sized_cpu_ops
@@ -67,6 +68,12 @@ class ClassificationDataModule(L.LightningDataModule):
                 batches are gathered there and nothing crosses the bus per step.
         """
         super().__init__()
+        check_options("data.init_args", {
+            "batch_size": (batch_size, at_least(1), "128"),
+            "eval_batch_size": (eval_batch_size, at_least(1), "1000"),
+            "val_size": (val_size, above(0), "0.1"),
+            "crop_padding": (crop_padding, at_least(0), "4"),
+        })  # fmt: skip
         self.root = Path(root) if root else default_data_root()
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.val_size, self.split_seed = val_size, split_seed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -57,13 +58,20 @@ class ImageFolderDataModule(ClassificationDataModule):
         self._classes: list[str] | None = None
 
     @property
-    def class_names(self) -> list[str]:
+    def class_folders(self) -> list[str]:
+        """The class sub-folders' names as the filesystem gives them (maybe not valid UTF-8)."""
         if self._classes is None:
             self._classes = list_class_folders(self.folder / "train")
         return self._classes
 
+    @property
+    def class_names(self) -> list[str]:
+        """The class folders' names as text: bytes that are not UTF-8 show as ``\\xNN``, so
+        labels print, plot and go into config files (a raw name would break all three)."""
+        return [os.fsencode(name).decode("utf-8", errors="backslashreplace") for name in self.class_folders]
+
     def read_split(self, train: bool) -> Batch:
         split_dir = self.folder / ("train" if train else "test")
         return load_image_folder(
-            split_dir, self.class_names, self.in_channels, self.image_size, self.cache_dir
+            split_dir, self.class_folders, self.in_channels, self.image_size, self.cache_dir
         )

@@ -110,6 +110,11 @@ def list_class_folders(split_dir: Path) -> list[str]:
     classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise DataError(f"image folder {split_dir} has no class sub-folders (e.g. {split_dir}/cat/)")
+    if len(classes) == 1:  # nothing to tell apart: metrics and calibration are meaningless
+        raise DataError(
+            f"image folder {split_dir} has one class sub-folder ({classes[0]}); a classifier needs"
+            f" at least two - add a sub-folder per class (e.g. {split_dir}/cat/, {split_dir}/dog/)"
+        )
     return classes
 
 
@@ -175,7 +180,8 @@ def content_key(items: list[tuple[Path, int]], channels: int, size: tuple[int, i
     """A hash of every file's bytes, name and label plus the decode settings: the cache key."""
     digest = hashlib.sha256(f"v1|{channels}|{size}".encode())
     for path, label in items:
-        digest.update(f"|{path.parent.name}/{path.name}|{label}|".encode())
+        # surrogateescape: a file name that is not valid UTF-8 hashes by its raw bytes
+        digest.update(f"|{path.parent.name}/{path.name}|{label}|".encode(errors="surrogateescape"))
         digest.update(path.read_bytes())
     return digest.hexdigest()[:24]
 

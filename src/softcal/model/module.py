@@ -24,6 +24,7 @@ from torch import nn
 from torchmetrics import MetricCollection
 
 from softcal.calibration.metrics import calibration_metrics
+from softcal.checks import above, at_least, check_options, in_range
 from softcal.data.loader import Batch
 from softcal.errors import NonFiniteLossError
 from softcal.model.nets import DigitCNN
@@ -39,6 +40,21 @@ from softcal.model.totals import TrainingTotals
 #: Builds a net from (in_channels, num_classes, image_size); configs name a class from
 #: softcal.model.nets (or any importable nn.Module with that signature) and its other arguments.
 NetFactory = Callable[[int, int, int], nn.Module]
+
+
+def check_hyperparameters(h: Any) -> None:
+    """Reject values no run can use, naming the option (see softcal.checks)."""
+    check_options("model", {
+        "lr": (h.lr, above(0), "0.01"),
+        "weight_decay": (h.weight_decay, at_least(0), "5e-4"),
+        "momentum": (h.momentum, in_range(0, 1), "0.9"),
+        "bias_lr_scale": (h.bias_lr_scale, above(0), "1.0"),
+        "warmup_fraction": (h.warmup_fraction, in_range(0, 1), "0.25"),
+        "label_smoothing": (h.label_smoothing, in_range(0, 1), "0.1"),
+        "calibration_bins": (h.calibration_bins, at_least(1), "15"),
+        "whitening_samples": (h.whitening_samples, at_least(1), "5000"),
+        "num_classes": (h.num_classes, at_least(2), "10"),  # from the data: one class is no task
+    })  # fmt: skip
 
 
 class Classifier(L.LightningModule):
@@ -84,6 +100,7 @@ class Classifier(L.LightningModule):
         """
         super().__init__()
         self.save_hyperparameters(ignore=["net"])
+        check_hyperparameters(self.hparams)  # one line for impossible values, not a traceback later
         self.net = net(in_channels, num_classes, image_size)
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
