@@ -119,7 +119,8 @@ def test_seeds_are_checked_on_the_mean_for_quality_and_the_max_for_cost():
     assert measured == {"test_acc": stats["mean"]["test_acc"], "test_ece": 2 * 0.025 / 3,
                         "calibrated_ece": 0.025 / 3, "wall_s": 620.0, "peak_rss_gb": 1.75}  # fmt: skip
     verdicts = {row[0].split(" >=")[0].split(" <=")[0]: row[2]
-                for row in verdict_rows(measured, TARGETS["cifar10_quick"])}  # fmt: skip
+                for row in verdict_rows(measured, {**TARGETS["cifar10_quick"],
+                                                   "calibrated_ece": ("<=", 0.01)})}  # fmt: skip
     assert verdicts == {"`train.py` test accuracy (mean over the seeds)": "met",
                         "`train.py` wall time, start-up, data loading, calibration and test included"
                         " (max over the seeds)": "**missed**",
@@ -148,7 +149,7 @@ def test_an_overlay_section_is_named_after_its_last_file_and_trains_both():
     args = config_args(configs, lambda c: c.name)
     assert args == ["--config", "cifar10.yaml", "--config", "cifar10_quick.yaml"]
     config = merged(configs)  # what the data path builds its datamodule from
-    assert config["trainer"]["max_epochs"] == 5 and config["trainer"]["precision"] == "bf16-mixed"
+    assert config["trainer"]["max_epochs"] == 6 and config["trainer"]["precision"] == "bf16-mixed"
     assert config["trainer"]["logger"]["init_args"] == {"save_dir": "runs", "name": "cifar10_quick",
                                                         "default_hp_metric": False}  # fmt: skip
     assert config["data"]["init_args"]["alternate_flips"] is True

@@ -130,7 +130,9 @@ class WhitenedCNN(nn.Module):
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(self.whiten(x))
-        x = torch.amax(x, dim=(2, 3))  # global max-pool
+        # Global max-pool. Not torch.amax(x, dim=(2, 3)): compiled under bf16 autocast (torch
+        # 2.14, CPU and CUDA) its backward inside this graph returns NaN gradients.
+        x = x.flatten(2).max(dim=2).values
         return self.head(x) * self.logit_scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
