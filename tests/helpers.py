@@ -14,13 +14,14 @@ from softcal.model.nets import DigitCNN
 
 class KillAtStep(L.Callback):
     """SIGKILL this very process once ``step`` optimizer steps are done: a crash with no
-    chance to clean up, at an exact, repeatable point in the middle of an epoch."""
+    chance to clean up, at an exact, repeatable point in the middle of an epoch. With
+    ``rank``, only the process of that global rank dies (one node of several)."""
 
-    def __init__(self, step: int) -> None:
-        self.step = step
+    def __init__(self, step: int, rank: int | None = None) -> None:
+        self.step, self.rank = step, rank
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step >= self.step:
+        if trainer.global_step >= self.step and self.rank in (None, trainer.global_rank):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -88,3 +89,24 @@ class FileSizeLimitAtStep(L.Callback):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
         resource.setrlimit(resource.RLIMIT_FSIZE, (last.stat().st_size // 2, hard))
+
+
+class RecordTrainingImages(L.Callback):
+    """Write a hash of every training image this process trained on to
+    ``folder/rank<global rank>.txt`` (one per line) when training ends: which shard it got."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder, self.hashes = folder, []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        import hashlib
+
+        images = batch[0].detach().cpu().contiguous()
+        self.hashes += [hashlib.sha1(image.numpy().tobytes()).hexdigest() for image in images]
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        from pathlib import Path
+
+        out = Path(self.folder) / f"rank{trainer.global_rank}.txt"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("\n".join(self.hashes) + "\n")

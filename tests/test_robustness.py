@@ -223,3 +223,18 @@ def test_sigterm_saves_last_and_the_run_resumes_to_the_same_result(mnist_root, t
     expected = json.loads((tmp_path / "whole" / "mnist" / "version_0" / "results.json").read_text())
     for name, value in expected["metrics"].items():
         assert got[name] == pytest.approx(value, abs=1e-6), name
+
+
+def test_a_lost_node_is_named_in_one_line_and_other_errors_pass_through():
+    from types import SimpleNamespace
+
+    from softcal.runs.peers import lost_peer_error
+
+    gloo = RuntimeError("[gloo/transport/tcp/pair.cc:545] Read error [127.0.0.1]:27036: Connection reset"
+                        " by peer. This is typically caused by a remote worker hanging\nmore")  # fmt: skip
+    two, one = SimpleNamespace(world_size=2, global_rank=1), SimpleNamespace(world_size=1, global_rank=0)
+    message = str(lost_peer_error(two, gloo))
+    assert message.startswith("rank 1 of 2 lost contact with the other processes of this run ([gloo/")
+    assert "\n" not in message and "--ckpt_path last" in message
+    assert lost_peer_error(one, gloo) is None
+    assert lost_peer_error(two, RuntimeError("mat1 and mat2 shapes cannot be multiplied")) is None

@@ -25,6 +25,7 @@ from softcal.errors import exit_on_user_error
 from softcal.runs.checkpoints import check_checkpoint_fits, checkpoint_hparams, load_checkpoint
 from softcal.runs.files import atomic_write_json
 from softcal.runs.last_checkpoint import LastCheckpoint, sigterm_message
+from softcal.runs.peers import lost_peer_error
 
 #: Row order of the results table; metrics not listed follow in name order.
 ROW_ORDER = ("acc", "acc_top5", "ece", "mce", "rmsce", "adaptive_ece", "classwise_ece", "brier", "nll",
@@ -71,6 +72,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if trainer.is_global_zero:
             print(sigterm_message(trainer), file=sys.stderr)
         raise SystemExit(143) from None  # 128 + SIGTERM: the shell's code for a terminated job
+    except RuntimeError as err:  # another node lost: one line, not gloo's or NCCL's traceback
+        lost = lost_peer_error(trainer, err)
+        if lost is None:
+            raise
+        raise lost from err
     except SystemExit:  # Lightning ends a Ctrl-C'd fit with sys.exit(1) after its shutdown
         if trainer.interrupted:
             raise SystemExit(130) from None  # the shell's code for an interrupted command
@@ -79,7 +85,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit(130)
     checkpoint = trainer.strategy.broadcast(saved_checkpoint(trainer))
     if checkpoint:  # its state_dict holds the temperature fitted for exactly these weights
-        model.load_state_dict(load_checkpoint(checkpoint)["state_dict"])
+        # Read where it was written (rank 0) and sent to the others: other nodes may not see
+        # rank 0's disk.
+        state = load_checkpoint(checkpoint)["state_dict"] if trainer.is_global_zero else None
+        model.load_state_dict(trainer.strategy.broadcast(state))
     metrics = trainer.test(model, datamodule=datamodule, verbose=False)[0]
     temperature = model.fitted_temperature()
     run_dir = Path(trainer.log_dir) if trainer.log_dir and trainer.logger is not None else None

@@ -42,7 +42,8 @@ if TYPE_CHECKING:
 
 #: Trainer settings that only make sense while training (the run's logger, its callbacks
 #: such as checkpointing) or that name objects: a reopened run leaves them out.
-TRAINING_ONLY = ("logger", "callbacks", "plugins", "profiler", "model_registry")
+#: num_nodes belongs to a launch (torchrun, srun): a multi-node run is evaluated wherever it is.
+TRAINING_ONLY = ("logger", "callbacks", "plugins", "profiler", "model_registry", "num_nodes")
 
 #: Command-line options that override a reopened run's saved config.
 OVERRIDE_PREFIXES = ("--data", "--model", "--trainer", "--seed_everything")
