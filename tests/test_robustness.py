@@ -238,3 +238,10 @@ def test_a_lost_node_is_named_in_one_line_and_other_errors_pass_through():
     assert "\n" not in message and "--ckpt_path last" in message
     assert lost_peer_error(one, gloo) is None
     assert lost_peer_error(two, RuntimeError("mat1 and mat2 shapes cannot be multiplied")) is None
+
+
+def test_an_impossible_override_of_a_reopened_run_names_the_option(tiny_run):
+    from softcal.runs.load import load_run
+
+    with pytest.raises(SoftcalError, match=r"^data.init_args.eval_batch_size=0 is impossible"):
+        load_run(tiny_run, ["--data.init_args.eval_batch_size", "0"])

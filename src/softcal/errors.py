@@ -29,6 +29,19 @@ class NonFiniteLossError(SoftcalError):
     """The training loss became NaN or infinite."""
 
 
+def softcal_cause(err: BaseException) -> SoftcalError | None:
+    """The SoftcalError a wrapping exception was raised from (via ``from`` or while handling
+    it), e.g. a datamodule's one-line error inside jsonargparse's "does not validate"."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, SoftcalError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def _wants_traceback(argv: list[str]) -> bool:
     return "--verbose" in argv or os.environ.get("SOFTCAL_VERBOSE") == "1"
 

@@ -23,7 +23,7 @@ from softcal.apps.config_files import default_config, resolve_config
 from softcal.calibration.callbacks import CalibrationFigures, TemperatureScaling
 from softcal.checks import check_epochs
 from softcal.data import ClassificationDataModule, default_data_root
-from softcal.errors import SoftcalError
+from softcal.errors import SoftcalError, softcal_cause
 from softcal.model.module import Classifier
 from softcal.runs.checkpoint_io import with_atomic_checkpoints
 from softcal.runs.files import latest_run_with_last
@@ -146,19 +146,6 @@ class SoftcalCLI(LightningCLI):
             callbacks.append(TQDMProgressBar(refresh_rate=settings.get("progress_refresh_rate", 50)))
         callbacks.append(FreezeStartupObjects())
         return callbacks
-
-
-def softcal_cause(err: BaseException) -> SoftcalError | None:
-    """The SoftcalError a wrapping exception was raised from (via ``from`` or while handling
-    it), e.g. a datamodule's one-line error inside jsonargparse's "does not validate"."""
-    seen: set[int] = set()
-    current: BaseException | None = err
-    while current is not None and id(current) not in seen:
-        if isinstance(current, SoftcalError):
-            return current
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return None
 
 
 def resolve_resume(ckpt_path: str | None, logger: Any) -> str | None:

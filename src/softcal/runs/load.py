@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from softcal.errors import CheckpointError, SoftcalError
+from softcal.errors import CheckpointError, SoftcalError, softcal_cause
 from softcal.runs.checkpoints import (
     DATA_FACTS,
     check_checkpoint_fits,
@@ -226,6 +226,9 @@ def rebuild(
     except SoftcalError:
         raise
     except Exception as err:  # a class that fails to build: bad values, a missing module
+        cause = softcal_cause(err)
+        if cause is not None:
+            raise cause from None  # e.g. an override's batch_size=0, wrapped by jsonargparse
         raise _config_error(path, err) from err
 
 
