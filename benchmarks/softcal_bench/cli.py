@@ -159,6 +159,8 @@ def run_section(job: Job, args: argparse.Namespace) -> str:
         title = f"{job.name}: " + ", ".join(what for what, _ in parts)
         return report.section(title, machine, texts, measured, targets)
     finally:
+        if args.keep_runs and (work / "train").is_dir():  # the runs, for evaluate and the README
+            shutil.copytree(work / "train", args.keep_runs / job.name, dirs_exist_ok=True)
         shutil.rmtree(work, ignore_errors=True)
 
 
@@ -192,6 +194,7 @@ def parser() -> argparse.ArgumentParser:
                        ("data-path", "the data path alone")):  # fmt: skip
         p.add_argument(f"--skip-{part}", action="store_true", help=f"leave out {what}")
     p.add_argument("--tiny", action="store_true", help="generated data, a few batches: a smoke test")
+    p.add_argument("--keep-runs", type=Path, help="copy the train.py runs here (a folder a section)")
     p.add_argument("--repeats", type=int, default=3, help="of the interleaved measurement")
     p.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
     p.add_argument("--data-root", help="default: $SOFTCAL_DATA_ROOT, data/, ../shared/data")
