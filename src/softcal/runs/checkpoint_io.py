@@ -14,7 +14,6 @@ from typing import Any
 
 import torch
 from lightning.fabric.plugins import CheckpointIO, TorchCheckpointIO
-from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 
 from softcal.errors import CheckpointError
 from softcal.runs.files import atomic_write_bytes
@@ -27,7 +26,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     :class:`~softcal.errors.CheckpointError` naming the directory and the cause."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
-        if storage_options is not None or not _is_local_file_protocol(path):
+        if storage_options is not None or "://" in str(path):  # a URL, not a local path
             # Remote storage (s3://, ...) has no rename; Lightning's own writer handles it.
             super().save_checkpoint(checkpoint, path, storage_options)
             return
