@@ -138,6 +138,7 @@ class WhitenedCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training or not self.flip_average:
             return self.logits(x)
-        # One pass over both views: twice the batch, half the calls.
+        # One pass over both views: twice the batch, half the calls. Split by shape, not by
+        # len(x): an exported model (ONNX, dynamic batch) must not bake the batch size in.
         both = self.logits(torch.cat([x, x.flip(3)]))
-        return (both[: len(x)] + both[len(x) :]) / 2
+        return both.unflatten(0, (2, -1)).mean(dim=0)

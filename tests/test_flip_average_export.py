@@ -1,0 +1,31 @@
+"""Test-time flip averaging lives inside WhitenedCNN, so the exported model returns the same
+calibrated probabilities as the net does in evaluation (the CIFAR-10 recipe's promise)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from softcal.apps.export import ProbabilityModel, export_onnx
+from softcal.model.whitened_cnn import WhitenedCNN
+
+MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+
+
+@pytest.mark.slow
+def test_onnx_export_keeps_the_flip_averaging(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    net = WhitenedCNN(3, 10, widths=(8, 16, 16))
+    net.fit_whitening(torch.randn(64, 3, 32, 32))
+    model = ProbabilityModel(net, MEAN, STD, temperature=0.9).eval()
+    images = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(images)
+        normalised = (images - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+        both = (net.logits(normalised) + net.logits(normalised.flip(3))) / 2
+    assert torch.allclose(expected, torch.softmax(both / 0.9, 1), atol=1e-5)  # averaging is in
+    path = export_onnx(model, images[:2], tmp_path / "model.onnx", {"temperature": "0.9"})
+    session = ort.InferenceSession(str(path))
+    got = session.run(None, {session.get_inputs()[0].name: images.numpy()})[0]
+    assert abs(got - expected.numpy()).max() < 1e-5
