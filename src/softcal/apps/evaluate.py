@@ -246,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> list[Evaluation]:
 
 def results_table(e: Evaluation) -> str:
     """Training's results table (raw vs calibrated per metric), headed by the split scored."""
-    from softcal.apps.train import format_results
+    from softcal.runs.results_table import format_results
 
     title = f"{e.dataset} {e.split} split, checkpoint {e.checkpoint}"
     return format_results(e.metrics, e.temperature, title, split=e.split)

@@ -12,7 +12,6 @@ Without ``--config`` the default ``configs/mnist.yaml`` is used; any value can b
 
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,27 +25,7 @@ from softcal.runs.checkpoints import check_checkpoint_fits, checkpoint_hparams, 
 from softcal.runs.files import atomic_write_json
 from softcal.runs.last_checkpoint import LastCheckpoint, sigterm_message
 from softcal.runs.peers import lost_peer_error
-
-#: Row order of the results table; metrics not listed follow in name order.
-ROW_ORDER = ("acc", "acc_top5", "ece", "mce", "rmsce", "adaptive_ece", "classwise_ece", "brier", "nll",
-             "loss")  # fmt: skip
-
-
-def format_results(results: dict[str, float], temperature: float | None, title: str,
-                   split: str = "test") -> str:  # fmt: skip
-    """A two-column table: raw softmax vs temperature-scaled, one row per metric of ``split``."""
-    names = sorted({k.split("/", 1)[1] for k in results if k.startswith(f"{split}/")})
-    names.sort(key=lambda n: ROW_ORDER.index(n) if n in ROW_ORDER else len(ROW_ORDER))
-    t = f"T = {temperature:.3f}" if temperature is not None else "T = 1, not fitted"
-    head = f"{'metric':<15}{split + ' (T = 1)':>15}{'calibrated (' + t + ')':>26}"
-    lines = [title, head, "-" * len(head)]
-    for name in names:
-        raw = results.get(f"{split}/{name}", math.nan)
-        cal = results.get(f"{split}_calibrated/{name}", math.nan)
-        percent = name.startswith("acc") or "ece" in name or name in ("mce", "rmsce")
-        fmt = (lambda v: f"{100 * v:.2f}%") if percent else (lambda v: f"{v:.4f}")
-        lines.append(f"{name:<15}{fmt(raw):>15}{fmt(cal) if not math.isnan(cal) else '':>26}")
-    return "\n".join(lines)
+from softcal.runs.results_table import ROW_ORDER, format_results  # noqa: F401  (re-exported)
 
 
 def saved_checkpoint(trainer: Trainer) -> str:
