@@ -275,3 +275,28 @@ def test_the_datamodule_alternates_flips_and_then_only_crops(cifar10_root):
     got = list(resumed.train_dataloader())
     assert len(got) == len(reference_epochs[1][3:]) == 5  # 400 // 50 batches, 3 consumed
     assert all(torch.equal(x, x0) for (x, _), (x0, _) in zip(got, reference_epochs[1][3:], strict=True))
+
+
+# --------------------------------------------------------------------------- options of every dataset
+
+
+def test_every_datamodule_has_the_pad_mode_and_alternating_flips(tmp_path):
+    """The options live on the base class: an image folder gets them too, and its own image
+    size (an argument, not a class fact) bounds the reflected border."""
+    from softcal.data import ImageFolderDataModule, MNISTDataModule
+
+    write_image_folder(tmp_path / "shapes", n_train=20, size=8)
+    dm = ImageFolderDataModule(root=str(tmp_path), folder="shapes", image_size=8, val_size=8,
+                               crop_padding=2, crop_pad_mode="reflect", alternate_flips=True,
+                               split_seed=6, download=False)  # fmt: skip
+    assert dm.train_dataloader().flip_seed == 6
+    batch = dm.splits["train"][0][:16]
+    expected = normalize(reference_crop(batch, 2, "reflect", False, seed=3),
+                         torch.tensor(dm.mean), torch.tensor(dm.std))  # fmt: skip
+    assert torch.equal(dm.preprocess(batch, train=True, generator=gen(3)), expected), "crop, no second flip"
+    with pytest.raises(DataError, match=r"crop_padding=8 is too deep to reflect ImageFolder's 8x8 images"):
+        ImageFolderDataModule(root=str(tmp_path), folder="shapes", image_size=8, crop_padding=8,
+                              crop_pad_mode="reflect")  # fmt: skip
+    assert MNISTDataModule(crop_padding=2, crop_pad_mode="reflect").crop_pad_mode == "reflect"
+    with pytest.raises(DataError, match="crop_padding=28 is too deep to reflect MNIST's 28x28"):
+        MNISTDataModule(crop_padding=28, crop_pad_mode="reflect")

@@ -1,22 +1,16 @@
 """CIFAR-10 and CIFAR-100: the official 'python version' pickle batches, as torchvision extracts
 them, or the same images as PNG files in one folder per class.
-
-The recipe's augmentation options live here too: reflect padding for the random crop and flips
-that alternate between epochs (see :class:`CIFARDataModule`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import torch
-
-from softcal.data.augment import augment_batch, normalize
 from softcal.data.datamodule import ClassificationDataModule
 from softcal.data.download import why_missing
 from softcal.data.formats import list_class_folders, load_image_folder, read_cifar_batches, read_cifar_names
-from softcal.data.loader import Batch, TensorBatchLoader, batch_sized_cpu_ops
+from softcal.data.loader import Batch
 from softcal.errors import DataError
 
 
@@ -38,32 +32,8 @@ class CIFARDataModule(ClassificationDataModule):
     #: class names used when the meta file is absent (the data files still load without it)
     _default_names: tuple[str, ...] = ()
 
-    def __init__(
-        self,
-        *args: Any,
-        crop_padding: int = 4,
-        hflip: bool = True,
-        crop_pad_mode: Literal["zeros", "reflect"] = "zeros",
-        alternate_flips: bool = False,
-        **kwargs: Any,
-    ) -> None:
-        """
-        Args:
-            crop_pad_mode: what the random crop translates in at the border: "zeros" or
-                "reflect" (the image mirrored at its edge, no black bars).
-            alternate_flips: with ``hflip``, each training image gets one random flip bit per
-                run (from the run seed) and is mirrored in epoch e iff bit XOR (e is odd):
-                every image is seen both ways in every two epochs, instead of by coin toss.
-        """
+    def __init__(self, *args: Any, crop_padding: int = 4, hflip: bool = True, **kwargs: Any) -> None:
         super().__init__(*args, crop_padding=crop_padding, hflip=hflip, **kwargs)
-        if crop_pad_mode not in ("zeros", "reflect"):
-            raise DataError(f"data.crop_pad_mode must be 'zeros' or 'reflect', not {crop_pad_mode!r}")
-        if crop_pad_mode == "reflect" and crop_padding >= min(self.image_size):
-            raise DataError(
-                f"data.crop_padding={crop_padding} is too deep to reflect {self.name}'s"
-                f" {self.image_size[0]}x{self.image_size[1]} images; use at most {min(self.image_size) - 1}"
-            )
-        self.crop_pad_mode, self.alternate_flips = crop_pad_mode, alternate_flips
 
     # ------------------------------------------------------------------ files
     @property
@@ -125,32 +95,6 @@ class CIFARDataModule(ClassificationDataModule):
                 f" {self.name}'s {len(names)} classes ({detail or 'in another order'})"
             )
         return load_image_folder(split_dir, names, self.in_channels, self.image_size)
-
-    # ------------------------------------------------------------------ augmentation options
-    @property
-    def flip_seed(self) -> int | None:
-        """The training loader's ``flip_seed``: the run seed with ``alternate_flips``, else None.
-        A hand-built training loader (e.g. a benchmark's bare loop) passes it to flip the same."""
-        return self.split_seed if self.hflip and self.alternate_flips else None
-
-    def _loader(self, split: str, train: bool) -> TensorBatchLoader:
-        loader = super()._loader(split, train)
-        if train:
-            loader.flip_seed = self.flip_seed  # split_seed: the CLI links it to seed_everything
-        return loader
-
-    def preprocess(
-        self, images: torch.Tensor, train: bool = False, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
-        """As the base class's, with the crop's ``crop_pad_mode``; with ``alternate_flips`` the
-        training loader has already flipped the batch, so training batches are only cropped."""
-        if not train or (self.crop_pad_mode == "zeros" and not self.alternate_flips):
-            return super().preprocess(images, train, generator)
-        hflip = self.hflip and not self.alternate_flips
-        with batch_sized_cpu_ops(images.device):
-            if self.crop_padding > 0 or hflip:
-                images = augment_batch(images, self.crop_padding, hflip, generator, self.crop_pad_mode)
-            return normalize(images, *self._stats_on(images.device))
 
 
 class CIFAR10DataModule(CIFARDataModule):

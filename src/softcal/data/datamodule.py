@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from importlib import import_module
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -47,6 +47,8 @@ class ClassificationDataModule(L.LightningDataModule):
         split_seed: int = 0,
         crop_padding: int = 0,
         hflip: bool = False,
+        crop_pad_mode: Literal["zeros", "reflect"] = "zeros",
+        alternate_flips: bool = False,
         download: bool = True,
         pin_memory: bool = True,
         device_resident: bool = False,
@@ -62,6 +64,11 @@ class ClassificationDataModule(L.LightningDataModule):
                 it to ``seed_everything``).
             crop_padding: random-crop augmentation: pad by this many pixels, crop back (0: off).
             hflip: random horizontal flips (for natural images, not digits).
+            crop_pad_mode: what the random crop translates in at the border: "zeros" or
+                "reflect" (the image mirrored at its edge, no black bars).
+            alternate_flips: with ``hflip``, each training image gets one random flip bit per
+                run (from the run seed) and is mirrored in epoch e iff bit XOR (e is odd):
+                every image is seen both ways in every two epochs, instead of by coin toss.
             download: try torchvision's download when the files are missing.
             pin_memory: pin batches in page-locked memory for faster copies to a GPU.
             device_resident: keep the whole uint8 dataset on the GPU (small datasets only):
@@ -78,6 +85,10 @@ class ClassificationDataModule(L.LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.val_size, self.split_seed = val_size, split_seed
         self.crop_padding, self.hflip = crop_padding, hflip
+        if crop_pad_mode not in ("zeros", "reflect"):
+            raise DataError(f"data.crop_pad_mode must be 'zeros' or 'reflect', not {crop_pad_mode!r}")
+        self.crop_pad_mode, self.alternate_flips = crop_pad_mode, alternate_flips
+        self.check_crop_depth()
         self.download, self.pin_memory = download, pin_memory
         self.device_resident = device_resident
         self.splits: dict[str, Batch] = {}
@@ -100,6 +111,15 @@ class ClassificationDataModule(L.LightningDataModule):
         return len(self.mean)
 
     image_size: tuple[int, int] = (32, 32)
+
+    def check_crop_depth(self) -> None:
+        """A reflected border cannot be deeper than the image; a subclass whose image size is
+        an argument (image folders) sets it before calling ``__init__``."""
+        if self.crop_pad_mode == "reflect" and self.crop_padding >= min(self.image_size):
+            raise DataError(
+                f"data.crop_padding={self.crop_padding} is too deep to reflect {self.name}'s"
+                f" {self.image_size[0]}x{self.image_size[1]} images; use at most {min(self.image_size) - 1}"
+            )
 
     # ------------------------------------------------------------------ files and download
     #: the ``torchvision.datasets`` class that can download the files ("": none can)
@@ -196,7 +216,14 @@ class ClassificationDataModule(L.LightningDataModule):
             world_size=trainer.world_size if trainer is not None else 1,
             pin_memory=self.pin_memory,
             device=device,
+            flip_seed=self.flip_seed if train else None,
         )
+
+    @property
+    def flip_seed(self) -> int | None:
+        """The training loader's ``flip_seed``: the run seed with ``alternate_flips``, else None.
+        A hand-built training loader (e.g. a benchmark's bare loop) passes it to flip the same."""
+        return self.split_seed if self.hflip and self.alternate_flips else None
 
     def train_dataloader(self) -> TensorBatchLoader:
         self._train_loader = self._loader("train", train=True)
@@ -228,10 +255,13 @@ class ClassificationDataModule(L.LightningDataModule):
         self, images: torch.Tensor, train: bool = False, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         """uint8 batch -> normalised float batch, augmented when ``train``. Used by training,
-        evaluation, prediction and export alike, so all of them see identical inputs."""
+        evaluation, prediction and export alike, so all of them see identical inputs. With
+        ``alternate_flips`` the training loader has already flipped the batch: only the crop
+        is left to do here."""
+        hflip = self.hflip and not self.alternate_flips
         with batch_sized_cpu_ops(images.device):
-            if train and (self.crop_padding > 0 or self.hflip):
-                images = augment_batch(images, self.crop_padding, self.hflip, generator)
+            if train and (self.crop_padding > 0 or hflip):
+                images = augment_batch(images, self.crop_padding, hflip, generator, self.crop_pad_mode)
             return normalize(images, *self._stats_on(images.device))
 
     def training_sample(self, n: int) -> torch.Tensor:

@@ -45,11 +45,11 @@ class ImageFolderDataModule(ClassificationDataModule):
             cache_dir: where decoded tensors are cached (default ``$SOFTCAL_CACHE_DIR`` or
                 ``~/.cache/softcal``).
         """
+        self.image_size = (image_size, image_size)  # before __init__, which checks the crop fits
         super().__init__(val_size=val_size, crop_padding=crop_padding, hflip=hflip, **kwargs)
         folder_path = Path(folder).expanduser()
         self.folder = folder_path if folder_path.is_absolute() else self.root / folder_path
         self.name = self.folder.name or "ImageFolder"
-        self.image_size = (image_size, image_size)
         self.mean = tuple(mean) if mean is not None else (0.5,) * channels
         self.std = tuple(std) if std is not None else (0.25,) * channels
         if len(self.mean) != channels or len(self.std) != channels:
