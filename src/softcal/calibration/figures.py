@@ -118,6 +118,69 @@ def confusion_matrix_figure(
     return fig
 
 
+def risk_coverage_figure(curves: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                         title: str = "Risk-coverage curve") -> Figure:  # fmt: skip
+    """Selective risk against coverage for each named (coverage, risk) curve - e.g. raw and
+    calibrated, as :func:`softcal.calibration.selective.risk_coverage_curve` returns them - and
+    dotted, the best curve possible at each curve's accuracy a (every wrong prediction least
+    confident: risk max(0, 1 - a / coverage)). The legend shows the names as given: put the
+    AURC in them (the figure cannot tell tied groups apart, so it computes none).
+
+    A curve below another keeps fewer errors at every coverage. The gap to the dotted curve is
+    what a better ranking of the same predictions could still gain (E-AURC).
+    """
+    fig, ax = plt.subplots(figsize=(5.5, 4), dpi=100)
+    accuracies: list[float] = []
+    top = 0.0
+    for index, (name, (coverage, risk)) in enumerate(curves.items()):
+        cov = torch.as_tensor(coverage).detach().cpu().double().numpy()
+        rsk = torch.as_tensor(risk).detach().cpu().double().numpy()
+        style = ("-", "--", "-.")[index % 3]  # dashes show curves that coincide (same ranking)
+        ax.plot(cov, 100 * rsk, style, marker="." if len(cov) < 30 else None, label=name)
+        accuracy = 1.0 - float(rsk[-1])
+        if all(abs(accuracy - a) > 1e-9 for a in accuracies):
+            accuracies.append(accuracy)
+        top = max(top, float(rsk.max()))
+    grid = np.linspace(1e-3, 1, 500)
+    for accuracy in accuracies:
+        ax.plot(grid, 100 * np.maximum(0.0, 1 - accuracy / grid), ":", color="gray",
+                label=f"optimal at accuracy {100 * accuracy:.2f}%")  # fmt: skip
+    ax.set(title=title, xlabel="coverage (share of predictions kept, most confident first)",
+           ylabel="selective risk: error among kept (%)", xlim=(0, 1),
+           ylim=(0, max(100 * top * 1.05, 1e-3)))  # fmt: skip
+    ax.legend(loc="best", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def score_histogram_figure(
+    score_in: torch.Tensor, score_out: torch.Tensor, score_name: str, title: str = "OOD score",
+    labels: Sequence[str] = ("in", "out"),
+) -> Figure:  # fmt: skip
+    """Histograms of one OOD score for the in-distribution and the OOD inputs on shared bins,
+    each normalised to its own count; the title carries AUROC and FPR at 95% TPR. Little
+    overlap means the score tells the two sets apart."""
+    from softcal.calibration.ood import detection_metrics
+
+    inside = torch.as_tensor(score_in).detach().cpu().double().numpy().ravel()
+    outside = torch.as_tensor(score_out).detach().cpu().double().numpy().ravel()
+    metrics = detection_metrics(score_in, score_out)
+    low, high = min(inside.min(), outside.min()), max(inside.max(), outside.max())
+    edges = np.linspace(low, high if high > low else low + 1, 51)
+    fig, ax = plt.subplots(figsize=(5.5, 3.5), dpi=100)
+    for values, label, colour in ((inside, labels[0], "#4C72B0"), (outside, labels[1], "#DD8452")):
+        ax.hist(values, bins=edges, weights=np.full(len(values), 1 / len(values)), alpha=0.6,
+                color=colour, label=f"{label} ({len(values)})")  # fmt: skip
+    ax.set(xlabel=f"{score_name} (higher = more in-distribution)", ylabel="share of inputs")
+    ax.set_title(f"{title}\nAUROC {100 * metrics['auroc']:.2f}%, FPR at 95% TPR"
+                 f" {100 * metrics['fpr_at_95_tpr']:.2f}%")  # fmt: skip
+    ax.legend(loc="upper left", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
 def to_rgb_array(fig: Figure) -> np.ndarray:
     """Render a figure to an (H, W, 3) uint8 array and close it."""
     fig.canvas.draw()
