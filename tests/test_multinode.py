@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -26,6 +28,9 @@ ARGS = [
     "--trainer.strategy", "ddp", "--trainer.num_nodes", "2", "--trainer.devices", "1",
 ]  # fmt: skip
 
+#: The checkout's own sources first: a clone tests its code, not the copy an install points at.
+CHECKOUT = os.pathsep.join([str(REPO / "src"), str(REPO)])
+
 #: Seconds a node may take to give up once the other is gone (it notices in about one).
 BOUND = 120
 
@@ -37,8 +42,13 @@ def _free_port() -> int:
 
 
 def _two_nodes(root: Path, base: Path, *extra: str) -> list[tuple[int, str]]:
-    """Launch node 0 and node 1 (each in ``base/node<i>``); their (exit code, stderr)."""
+    """Launch node 0 and node 1 (each in ``base/node<i>``); their (exit code, log).
+
+    Each node's output goes to a file (a pipe nobody reads would stall a node once full); when
+    a node outlives the bound, the test fails with both logs, so a hang can be diagnosed."""
     port, procs = _free_port(), []
+    env = {"PYTHONPATH": CHECKOUT, "PATH": "/usr/bin:/bin",
+           "HOME": str(base), "OMP_NUM_THREADS": "1"}  # fmt: skip
     for node in (0, 1):
         cwd, log = base / f"node{node}", base / f"node{node}.log"
         cwd.mkdir(parents=True)
@@ -47,23 +57,26 @@ def _two_nodes(root: Path, base: Path, *extra: str) -> list[tuple[int, str]]:
             "--node-rank", str(node), "--master-addr", "127.0.0.1", "--master-port", str(port),
             str(REPO / "scripts" / "train.py"), *ARGS, "--data.init_args.root", str(root), *extra,
         ]  # fmt: skip
-        env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "HOME": str(base)}
-        with open(log, "w") as out:  # files, not pipes: a full pipe would stall a node
-            procs.append((subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=out), log))
-    results = []
+        with open(log, "w") as out:
+            procs.append((subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=out,
+                                           start_new_session=True), log))  # fmt: skip
+    deadline = time.monotonic() + BOUND + 180
     try:
-        for proc, log in procs:
-            results.append((proc.wait(timeout=BOUND + 180), log.read_text()))
+        for proc, _ in procs:
+            proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        logs = "".join(
+            f"\n--- {log.name} (last 4000 characters)\n{log.read_text()[-4000:]}" for _, log in procs
+        )
+        pytest.fail(f"the two nodes did not finish within {BOUND + 180} s:{logs}")
     finally:
         for proc, _ in procs:
-            if proc.poll() is None:
-                proc.kill()
-    return results
+            if proc.poll() is None:  # torchrun and its worker: the node's process group
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    return [(proc.returncode, log.read_text()) for proc, log in procs]
 
 
-@pytest.mark.skipif(os.environ.get("CI") == "true", reason=(
-    "hung past its 300 s bound in a clean-clone CI run on 2026-11-25 (passes in the dev checkout);"
-    " cause not yet found - issue 15 stays open until it runs in CI"))
 def test_two_nodes_train_disjoint_shards_and_only_rank_0_writes(mnist_root, tmp_path):
     shards = tmp_path / "shards"
     (code0, log0), (code1, log1) = _two_nodes(
@@ -79,7 +92,7 @@ def test_two_nodes_train_disjoint_shards_and_only_rank_0_writes(mnist_root, tmp_
     results = json.loads((run_dir / "results.json").read_text())
     # The test metrics of the two-node run equal one process evaluating the same checkpoint.
     one = run_script("evaluate.py", results["checkpoint"], "--out", str(tmp_path / "eval"),
-                     env={"PYTHONPATH": str(REPO)})  # fmt: skip
+                     env={"PYTHONPATH": CHECKOUT})  # fmt: skip
     assert one.returncode == 0, one.stderr[-3000:]
     evaluated = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert evaluated["num_samples"] == 200

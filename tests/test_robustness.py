@@ -9,6 +9,7 @@ import resource
 import signal
 from pathlib import Path
 
+import lightning.pytorch as L
 import pytest
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -223,6 +224,29 @@ def test_sigterm_saves_last_and_the_run_resumes_to_the_same_result(mnist_root, t
     expected = json.loads((tmp_path / "whole" / "mnist" / "version_0" / "results.json").read_text())
     for name, value in expected["metrics"].items():
         assert got[name] == pytest.approx(value, abs=1e-6), name
+
+
+class TermWhileTesting(L.Callback):
+    """SIGTERM to this process after the first of the two test batches: the test has begun."""
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if batch_idx == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+@pytest.mark.slow
+def test_sigterm_while_testing_exits_143_in_one_line_and_writes_no_results(mnist_root, tmp_path):
+    term = _train(mnist_root, tmp_path, "--trainer.max_epochs", "1",
+                  "--trainer.callbacks+=tests.test_robustness.TermWhileTesting")  # fmt: skip
+    run_dir = tmp_path / "mnist" / "version_0"
+    assert term.returncode == 143, term.stderr[-2000:]
+    [best] = (run_dir / "checkpoints").glob("best*.ckpt")
+    assert _stderr_lines(term, "terminated (SIGTERM)") == [
+        f"terminated (SIGTERM) while testing: no results.json was written; training is complete and"
+        f" {best} holds the model - test it with python scripts/evaluate.py {best}"
+    ]
+    assert not (run_dir / "results.json").exists(), "no results from part of the test set"
+    assert torch.load(best, weights_only=True)["global_step"] == 15, "the trained model is saved"
 
 
 def test_a_lost_node_is_named_in_one_line_and_other_errors_pass_through():

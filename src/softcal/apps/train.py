@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         # rank 0's disk.
         state = load_checkpoint(checkpoint)["state_dict"] if trainer.is_global_zero else None
         model.load_state_dict(trainer.strategy.broadcast(state))
-    metrics = trainer.test(model, datamodule=datamodule, verbose=False)[0]
+    metrics = run_test(trainer, model, datamodule, checkpoint)
     temperature = model.fitted_temperature()
     run_dir = Path(trainer.log_dir) if trainer.log_dir and trainer.logger is not None else None
     results = {
@@ -80,7 +80,40 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     if trainer.is_global_zero:
         report(results, run_dir)
+    leave_process_group()
     return results
+
+
+def run_test(trainer: Trainer, model: Any, datamodule: Any, checkpoint: str) -> dict[str, float]:
+    """The test metrics. A SIGTERM while testing ends the run with exit 143 and one line, and
+    no results.json: Lightning stops after the batch in progress, and the metrics of part of
+    the test set would read as the run's result."""
+    try:
+        return trainer.test(model, datamodule=datamodule, verbose=False)[0]
+    except SIGTERMException:  # a SystemExit without a code: left alone, the run would exit 0
+        if trainer.is_global_zero:
+            print(sigterm_while_testing(checkpoint), file=sys.stderr)
+        raise SystemExit(143) from None
+
+
+def sigterm_while_testing(checkpoint: str) -> str:
+    start = "terminated (SIGTERM) while testing: no results.json was written"
+    if not checkpoint:
+        return f"{start}, and the run saved no checkpoint (--trainer.enable_checkpointing false): train again"
+    return (f"{start}; training is complete and {checkpoint} holds the model - test it with"
+            f" python scripts/evaluate.py {checkpoint}")  # fmt: skip
+
+
+def leave_process_group() -> None:
+    """End a multi-process run's process group once every rank is done. Left to exit
+    handlers, gloo's threads can abort a finished process ("terminate called without an active
+    exception", seen on a busy machine); torchrun counts that node as failed, and the other
+    node's torchrun then waits out its 300 s exit barrier."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def report(results: dict[str, Any], run_dir: Path | None) -> None:
