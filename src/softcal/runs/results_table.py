@@ -7,7 +7,12 @@ import math
 
 #: Row order of the results table; metrics not listed follow in name order.
 ROW_ORDER = ("acc", "acc_top5", "ece", "mce", "rmsce", "adaptive_ece", "classwise_ece", "brier", "nll",
-             "loss")  # fmt: skip
+             "loss", "aurc", "e_aurc", "risk_at_80", "risk_at_90", "risk_at_95",
+             "misclassification_auroc")  # fmt: skip
+
+#: Rows shown as percentages (besides acc* and *ece*): calibration errors, selective risks, AUROC.
+PERCENT_ROWS = ("mce", "rmsce", "aurc", "e_aurc", "risk_at_80", "risk_at_90", "risk_at_95",
+                "misclassification_auroc")  # fmt: skip
 
 
 def format_results(results: dict[str, float], temperature: float | None, title: str,
@@ -16,12 +21,13 @@ def format_results(results: dict[str, float], temperature: float | None, title: 
     names = sorted({k.split("/", 1)[1] for k in results if k.startswith(f"{split}/")})
     names.sort(key=lambda n: ROW_ORDER.index(n) if n in ROW_ORDER else len(ROW_ORDER))
     t = f"T = {temperature:.3f}" if temperature is not None else "T = 1, not fitted"
-    head = f"{'metric':<15}{split + ' (T = 1)':>15}{'calibrated (' + t + ')':>26}"
+    width = max([15, *(len(n) + 1 for n in names)])  # misclassification_auroc is 23 long
+    head = f"{'metric':<{width}}{split + ' (T = 1)':>15}{'calibrated (' + t + ')':>26}"
     lines = [title, head, "-" * len(head)]
     for name in names:
         raw = results.get(f"{split}/{name}", math.nan)
         cal = results.get(f"{split}_calibrated/{name}", math.nan)
-        percent = name.startswith("acc") or "ece" in name or name in ("mce", "rmsce")
+        percent = name.startswith("acc") or "ece" in name or name in PERCENT_ROWS
         fmt = (lambda v: f"{100 * v:.2f}%") if percent else (lambda v: f"{v:.4f}")
-        lines.append(f"{name:<15}{fmt(raw):>15}{fmt(cal) if not math.isnan(cal) else '':>26}")
+        lines.append(f"{name:<{width}}{fmt(raw):>15}{fmt(cal) if not math.isnan(cal) else '':>26}")
     return "\n".join(lines)

@@ -1,0 +1,327 @@
+"""Selective prediction against NumPy references written here (Geifman et al.'s AURC as the mean
+of the risks over coverage steps; every order of tied confidences enumerated), scikit-learn's
+roc_auc_score, hand-worked closed forms and degenerate cases; the figure; the test-time callback
+in a tiny Trainer run."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from softcal.calibration.selective import (
+    aurc,
+    e_aurc,
+    misclassification_auroc,
+    optimal_aurc,
+    optimal_aurc_limit,
+    risk_at_coverage,
+    risk_coverage_curve,
+    selective_report,
+)
+from softcal.errors import SoftcalError
+
+# ----------------------------------------------------------------------------- references
+
+
+def np_risks(conf: np.ndarray, correct: np.ndarray) -> np.ndarray:
+    """Risk of the k most confident, k = 1..n, for one order (stable sort, most confident first)."""
+    wrong = 1 - correct[np.argsort(-conf, kind="stable")]
+    return np.cumsum(wrong) / np.arange(1, len(wrong) + 1)
+
+
+def np_aurc(conf: np.ndarray, correct: np.ndarray) -> float:
+    return float(np_risks(conf, correct).mean())
+
+
+def np_over_tie_orders(conf: np.ndarray, correct: np.ndarray) -> np.ndarray:
+    """The mean of np_risks over every order of the predictions consistent with the confidences
+    (each order of tied ones equally likely): what the ties rule promises."""
+    runs = []
+    for perm in itertools.permutations(range(len(conf))):
+        perm = list(perm)
+        if np.all(np.diff(conf[perm]) <= 0):
+            runs.append(np.cumsum(1 - correct[perm]) / np.arange(1, len(conf) + 1))
+    return np.mean(runs, axis=0)
+
+
+def np_optimal_aurc(n_correct: int, n: int) -> float:
+    return np_aurc(np.arange(n, 0, -1.0), (np.arange(n) < n_correct).astype(float))
+
+
+def random_case(n: int = 500, seed: int = 0, decimals: int | None = None):
+    rng = np.random.default_rng(seed)
+    conf = rng.uniform(0.1, 1.0, n)
+    if decimals is not None:
+        conf = np.round(conf, decimals)
+    correct = (rng.uniform(0, 1, n) < conf).astype(float)  # confident ones more often right
+    return conf, correct
+
+
+def t(x) -> torch.Tensor:
+    return torch.tensor(x, dtype=torch.float64)
+
+
+TIED = (np.array([0.9, 0.9, 0.8, 0.8, 0.8, 0.5, 0.3, 0.3]), np.array([1, 0, 1, 1, 0, 0, 1, 0.0]))
+
+# ----------------------------------------------------------------------------- AURC and E-AURC
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_aurc_is_mean_risk_over_coverage_steps(seed):
+    conf, correct = random_case(seed=seed)  # continuous: no ties
+    assert aurc(t(conf), t(correct)) == pytest.approx(np_aurc(conf, correct), abs=1e-12)
+    coverage, risk = risk_coverage_curve(t(conf), t(correct))
+    assert coverage.dtype == risk.dtype == torch.float64
+    np.testing.assert_allclose(coverage.numpy(), np.arange(1, 501) / 500)
+    np.testing.assert_allclose(risk.numpy(), np_risks(conf, correct), atol=1e-12)
+
+
+def test_ties_are_averaged_over_their_orders():
+    conf, correct = TIED
+    expected = np_over_tie_orders(conf, correct)
+    assert aurc(t(conf), t(correct)) == pytest.approx(expected.mean(), abs=1e-12)
+    for k in range(1, 9):
+        assert risk_at_coverage(t(conf), t(correct), k / 8) == pytest.approx(expected[k - 1], abs=1e-12)
+    # the curve: one point per distinct confidence, after the whole tied group
+    coverage, risk = risk_coverage_curve(t(conf), t(correct))
+    assert coverage.tolist() == pytest.approx([2 / 8, 5 / 8, 6 / 8, 1.0])
+    assert risk.tolist() == pytest.approx([1 / 2, 2 / 5, 3 / 6, 4 / 8])
+    # the curve's points lie where no group is cut, so they equal the averaged risks there
+    assert risk.tolist() == pytest.approx(expected[[1, 4, 5, 7]].tolist())
+
+
+def test_constant_confidence_gives_the_error_rate():
+    correct = np.array([1, 0, 1, 1, 1, 0, 1.0])
+    assert aurc(torch.full((7,), 0.6), t(correct)) == pytest.approx(2 / 7)
+    coverage, risk = risk_coverage_curve(torch.full((7,), 0.6), t(correct))
+    assert coverage.tolist() == [1.0] and risk.tolist() == pytest.approx([2 / 7])
+
+
+def test_closed_forms():
+    # 2 right, 2 wrong. Perfect: risks 0, 0, 1/3, 1/2; worst: 1, 1, 2/3, 1/2.
+    correct = t([1, 1, 0, 0])
+    assert aurc(t([4, 3, 2, 1]), correct) == pytest.approx(5 / 24)
+    assert aurc(t([1, 2, 3, 4]), correct) == pytest.approx(19 / 24)
+    assert e_aurc(t([4, 3, 2, 1]), correct) == 0.0
+    assert e_aurc(t([1, 2, 3, 4]), correct) == pytest.approx(19 / 24 - 5 / 24)
+    assert optimal_aurc(2, 4) == pytest.approx(5 / 24)
+    assert optimal_aurc_limit(0.5) == pytest.approx(0.5 + 0.5 * math.log(0.5))
+    assert optimal_aurc_limit(0.0) == 1.0 and optimal_aurc_limit(1.0) == 0.0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_e_aurc_against_numpy(seed):
+    conf, correct = random_case(seed=seed, decimals=2)
+    n_correct = int(correct.sum())
+    optimum = np_optimal_aurc(n_correct, len(correct))
+    assert optimal_aurc(n_correct, len(correct)) == pytest.approx(optimum, abs=1e-12)
+    got = e_aurc(t(conf), t(correct))
+    assert got > 0
+    assert got == pytest.approx(aurc(t(conf), t(correct)) - optimum, abs=1e-12)
+    # Perfect ranking of the same predictions: 0, and never negative.
+    assert e_aurc(t(correct + conf / 10), t(correct)) == 0.0
+
+
+def test_optimal_aurc_tends_to_the_closed_form():
+    # finite-n optimum = (1 - a) + a ln a + about (1 - a) / (2n)
+    for n, n_correct in [(10, 8), (1000, 910), (10000, 9912)]:
+        a = n_correct / n
+        gap = optimal_aurc(n_correct, n) - optimal_aurc_limit(a)
+        assert 0 < gap == pytest.approx((1 - a) / (2 * n), rel=0.05)
+
+
+# ----------------------------------------------------------------------------- risk at coverage
+
+
+def test_risk_at_coverage_rounds_the_count_up():
+    conf, correct = random_case(n=7, seed=3)
+    risks = np_risks(conf, correct)
+    for coverage, kept in [(0.8, 6), (0.5, 4), (1 / 7, 1), (0.01, 1), (1.0, 7), (6 / 7, 6)]:
+        assert risk_at_coverage(t(conf), t(correct), coverage) == pytest.approx(risks[kept - 1])
+    conf, correct = random_case(n=10, seed=4)
+    assert risk_at_coverage(t(conf), t(correct), 0.9) == pytest.approx(np_risks(conf, correct)[8])
+
+
+@pytest.mark.parametrize("coverage", [0.0, -0.1, 1.5, math.nan])
+def test_risk_at_coverage_refuses_impossible_coverage(coverage):
+    with pytest.raises(SoftcalError, match=r"coverage must be in \(0, 1\]"):
+        risk_at_coverage(t([0.5]), t([1]), coverage)
+
+
+# ----------------------------------------------------------------------------- misclassification AUROC
+
+
+@pytest.mark.parametrize("decimals", [None, 1])
+def test_misclassification_auroc_matches_sklearn(decimals):
+    conf, correct = random_case(seed=5, decimals=decimals)  # decimals=1: heavy ties
+    want = roc_auc_score(correct, conf)
+    assert misclassification_auroc(t(conf), t(correct)) == pytest.approx(want, abs=1e-12)
+    tied_conf, tied_correct = TIED
+    assert misclassification_auroc(t(tied_conf), t(tied_correct)) == pytest.approx(
+        roc_auc_score(tied_correct, tied_conf), abs=1e-12)  # fmt: skip
+
+
+def test_misclassification_auroc_extremes():
+    assert misclassification_auroc(t([0.9, 0.8, 0.2]), t([1, 1, 0])) == 1.0
+    assert misclassification_auroc(t([0.1, 0.8, 0.9]), t([1, 1, 0])) == 0.0
+    assert misclassification_auroc(t([0.5, 0.5, 0.5]), t([1, 1, 0])) == 0.5
+
+
+# ----------------------------------------------------------------------------- degenerate cases
+
+
+@pytest.mark.parametrize("all_correct", [True, False])
+def test_all_correct_or_all_wrong(all_correct):
+    conf = t(random_case(n=20, seed=6)[0])
+    correct = torch.full((20,), float(all_correct))
+    report = selective_report(conf, correct)
+    risk = 0.0 if all_correct else 1.0
+    assert {k: v for k, v in report.items() if k != "misclassification_auroc"} == {
+        "aurc": risk, "e_aurc": 0.0, "risk_at_80": risk, "risk_at_90": risk, "risk_at_95": risk}  # fmt: skip
+    assert math.isnan(report["misclassification_auroc"])  # nothing to separate
+
+
+@pytest.mark.parametrize("right", [1, 0])
+def test_single_prediction(right):
+    report = selective_report(t([0.7]), t([right]))
+    assert report["aurc"] == 1 - right and report["e_aurc"] == 0.0 and report["risk_at_80"] == 1 - right
+    assert risk_coverage_curve(t([0.7]), t([right]))[0].tolist() == [1.0]
+
+
+def test_report_is_the_single_functions():
+    conf, correct = random_case(seed=7, decimals=2)
+    report = selective_report(t(conf), torch.tensor(correct).bool())  # bool correctness works too
+    assert list(report) == ["aurc", "e_aurc", "risk_at_80", "risk_at_90", "risk_at_95",
+                            "misclassification_auroc"]  # fmt: skip
+    assert report["aurc"] == aurc(t(conf), t(correct))
+    assert report["e_aurc"] == e_aurc(t(conf), t(correct))
+    assert report["risk_at_90"] == risk_at_coverage(t(conf), t(correct), 0.9)
+    assert report["misclassification_auroc"] == misclassification_auroc(t(conf), t(correct))
+    assert all(isinstance(v, float) for v in report.values())
+
+
+def test_refuses_empty_mismatched_or_nan():
+    with pytest.raises(SoftcalError, match="at least one prediction"):
+        aurc(t([]), t([]))
+    with pytest.raises(SoftcalError, match="got 3 confidences and 2 correctness values"):
+        aurc(t([0.1, 0.2, 0.3]), t([1, 0]))
+    with pytest.raises(SoftcalError, match="NaN or infinite"):
+        selective_report(t([0.1, math.nan]), t([1, 0]))
+
+
+# ----------------------------------------------------------------------------- figure
+
+
+def test_risk_coverage_figure():
+    from softcal.calibration.figures import risk_coverage_figure, to_rgb_array
+
+    conf, correct = random_case(seed=8)
+    curves = {"raw": risk_coverage_curve(t(conf), t(correct)),
+              "calibrated": risk_coverage_curve(t(conf**2), t(correct))}  # fmt: skip
+    fig = risk_coverage_figure(curves, "Risk-coverage, test")
+    ax = fig.axes[0]
+    labels = [line.get_label() for line in ax.get_lines()]
+    accuracy = correct.mean()
+    assert labels == ["raw", "calibrated", f"optimal at accuracy {100 * accuracy:.2f}%"]  # one optimum
+    optimum = ax.get_lines()[2].get_xydata()
+    np.testing.assert_allclose(optimum[:, 1], 100 * np.maximum(0, 1 - accuracy / optimum[:, 0]))
+    np.testing.assert_allclose(ax.get_lines()[0].get_ydata(), 100 * np_risks(conf, correct))
+    assert ax.get_title() == "Risk-coverage, test"
+    assert to_rgb_array(fig).shape[2] == 3
+
+
+# ----------------------------------------------------------------------------- callback at test
+
+
+def test_callback_logs_selective_metrics_and_a_figure_at_test(mnist_root, tmp_path):
+    import lightning as L
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from softcal.calibration.callbacks import TemperatureScaling
+    from softcal.calibration.selective_callback import SelectivePrediction
+    from softcal.data import MNISTDataModule
+    from softcal.model.module import Classifier
+
+    dm = MNISTDataModule(root=str(mnist_root), val_size=100, batch_size=32, download=False)
+    model = Classifier(num_classes=dm.num_classes, in_channels=dm.in_channels)
+    selective = SelectivePrediction()
+    logger = TensorBoardLogger(str(tmp_path), name="run")
+    drawn = []
+    logger.experiment.add_image = lambda tag, image, step, dataformats: drawn.append((tag, image.shape))
+    trainer = L.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=4, logger=logger,
+                        enable_progress_bar=False, enable_checkpointing=False,
+                        callbacks=[TemperatureScaling(), selective])  # fmt: skip
+    trainer.fit(model, datamodule=dm)
+    temperature = model.fitted_temperature()
+    assert temperature is not None and temperature != 1.0
+    logged = trainer.test(model, datamodule=dm, verbose=False)[0]
+
+    # Independently: the test logits through the net, softmax in float64, at T = 1 and T.
+    model.eval()
+    with torch.no_grad():
+        images, labels = dm.splits["test"]  # the test loader keeps this order
+        logits = model(dm.preprocess(images)).double()
+    for stage, t_ in (("test", 1.0), ("test_calibrated", temperature)):
+        probs = torch.softmax(logits / t_, 1)
+        conf, correct = probs.max(1).values.numpy(), (probs.argmax(1) == labels).numpy().astype(float)
+        kept = selective.finished[stage]
+        np.testing.assert_allclose(kept["confidence"].numpy(), conf, rtol=1e-4, atol=1e-6)
+        assert np.array_equal(kept["correct"].numpy(), correct.astype(bool))
+        report = selective_report(kept["confidence"], kept["correct"])
+        assert report == selective.reports[stage]
+        for name, value in report.items():
+            assert logged[f"{stage}/{name}"] == pytest.approx(value, rel=1e-6), (stage, name)
+        if len(np.unique(kept["confidence"].numpy())) == len(conf):  # no ties: plain numpy AURC
+            assert report["aurc"] == pytest.approx(np_aurc(kept["confidence"].numpy(), correct), abs=1e-9)
+        assert report["misclassification_auroc"] == pytest.approx(
+            roc_auc_score(correct, kept["confidence"].numpy()), abs=1e-12)  # fmt: skip
+    assert [tag for tag, _ in drawn if tag.startswith("test/risk")] == ["test/risk_coverage"]
+    assert dict(drawn)["test/risk_coverage"][2] == 3  # an RGB image
+
+
+def test_callback_without_logger_keeps_results_and_skips_nan(mnist_root):
+    import lightning as L
+
+    from softcal.calibration.selective_callback import SelectivePrediction
+    from softcal.data import MNISTDataModule
+    from softcal.model.module import Classifier
+
+    class AlwaysRight(Classifier):  # every prediction right: AUROC has nothing to separate
+        def test_step(self, batch, batch_idx):
+            out = super().test_step(batch, batch_idx)
+            return {"logits": torch.nn.functional.one_hot(out["labels"], 10).float() * 5,
+                    "labels": out["labels"]}  # fmt: skip
+
+    dm = MNISTDataModule(root=str(mnist_root), val_size=100, batch_size=64, download=False)
+    selective = SelectivePrediction()
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
+                        callbacks=[selective])  # fmt: skip
+    logged = trainer.test(AlwaysRight(num_classes=10, in_channels=1), datamodule=dm, verbose=False)[0]
+    assert len(selective.finished["test"]["confidence"]) == len(dm.splits["test"][1]) == 200
+    assert logged["test/aurc"] == 0.0 and logged["test/e_aurc"] == 0.0
+    assert "test/misclassification_auroc" not in logged  # NaN is left out, not logged
+    assert math.isnan(selective.reports["test"]["misclassification_auroc"])
+
+
+def test_results_json_and_table_carry_the_selective_rows(tiny_run):
+    import json
+
+    from softcal.runs.results_table import format_results
+
+    results = json.loads((tiny_run / "results.json").read_text())
+    metrics = results["metrics"]
+    for stage in ("test", "test_calibrated"):
+        for name in ("aurc", "e_aurc", "risk_at_80", "risk_at_90", "risk_at_95"):
+            assert 0.0 <= metrics[f"{stage}/{name}"] <= 1.0
+    assert metrics["test/e_aurc"] <= metrics["test/aurc"]
+    rows = {line.split()[0]: line.split()[1:] for line in
+            format_results(metrics, results["temperature"], "t").splitlines()[3:]}  # fmt: skip
+    percents = [f"{100 * metrics[f'{stage}/aurc']:.2f}%" for stage in ("test", "test_calibrated")]
+    assert rows["aurc"] == percents
+    names = list(rows)
+    assert names.index("loss") < names.index("aurc") < names.index("risk_at_95")
