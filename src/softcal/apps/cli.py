@@ -27,6 +27,7 @@ from softcal.data import ClassificationDataModule, default_data_root
 from softcal.errors import SoftcalError, softcal_cause
 from softcal.model.module import Classifier
 from softcal.runs.checkpoint_io import with_atomic_checkpoints
+from softcal.runs.dashboard import RunDashboard
 from softcal.runs.files import latest_run_with_last
 from softcal.runs.last_checkpoint import LastCheckpoint
 
@@ -51,6 +52,7 @@ class SoftcalCLI(LightningCLI):
             sys.argv[1:] = with_config(sys.argv[1:])
         else:
             args = with_config(list(args))
+        self.command_line = [sys.argv[0], *(sys.argv[1:] if args is None else args)]  # TEXT tab
         try:
             super().__init__(
                 model_class=Classifier,
@@ -147,6 +149,8 @@ class SoftcalCLI(LightningCLI):
             isinstance(c, ProgressBar) for c in (given if isinstance(given, list) else [given])
         ):
             callbacks.append(TQDMProgressBar(refresh_rate=settings.get("progress_refresh_rate", 50)))
+        # HPARAMS row, comparison charts, the run's story in TEXT (issue 13)
+        callbacks.append(RunDashboard(self.config.as_dict(), self.command_line, trainer_config.get("logger")))
         callbacks.append(FreezeStartupObjects())
         return callbacks
 

@@ -22,6 +22,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from softcal.apps.cli import SoftcalCLI
 from softcal.errors import exit_on_user_error
 from softcal.runs.checkpoints import check_checkpoint_fits, checkpoint_hparams, load_checkpoint
+from softcal.runs.dashboard import finish_dashboard
 from softcal.runs.files import atomic_write_json
 from softcal.runs.last_checkpoint import LastCheckpoint, sigterm_message
 from softcal.runs.peers import lost_peer_error
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "metrics": {k: float(v) for k, v in sorted(metrics.items())},
     }
     if trainer.is_global_zero:
-        report(results, run_dir)
+        finish_dashboard(trainer, results, report(results, run_dir))  # TensorBoard's HPARAMS, TEXT
     leave_process_group()
     return results
 
@@ -116,16 +117,18 @@ def leave_process_group() -> None:
         dist.destroy_process_group()
 
 
-def report(results: dict[str, Any], run_dir: Path | None) -> None:
-    """results.json in the run directory, and the table on the terminal."""
+def report(results: dict[str, Any], run_dir: Path | None) -> str:
+    """results.json in the run directory, and the table on the terminal (returned)."""
     if run_dir is not None:
         atomic_write_json(run_dir / "results.json", results)
     checkpoint = results["checkpoint"]
     tested = f"checkpoint {checkpoint}" if checkpoint else "final weights (no checkpoint saved)"
     title = f"{results['dataset']} test set, {tested}"
-    print("\n" + format_results(results["metrics"], results["temperature"], title))
+    table = format_results(results["metrics"], results["temperature"], title)
+    print("\n" + table)
     if run_dir is not None:
         print(f"\nrun directory: {run_dir}  (tensorboard --logdir {run_dir.parent.parent})")
+    return table
 
 
 command = exit_on_user_error(main)
