@@ -5,6 +5,7 @@ cases; the score histogram figure."""
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -85,12 +86,12 @@ def test_scores_finite_for_extreme_logits():
 
 @pytest.mark.parametrize("bad", [0.0, -1.0, math.inf, math.nan])
 def test_scores_refuse_bad_temperature(bad):
-    with pytest.raises(SoftcalError, match="temperature must be a positive number"):
+    with pytest.raises(SoftcalError, match="the temperature must be a positive number, got"):
         ood_scores(logits_sample(n=4), bad)
 
 
 def test_scores_refuse_wrong_shape():
-    with pytest.raises(SoftcalError, match=r"shape \(N, classes\)"):
+    with pytest.raises(SoftcalError, match=re.escape("OOD scores need logits of shape (N, classes), got")):
         ood_scores(torch.zeros(5))
 
 
@@ -144,9 +145,9 @@ def test_one_input_each():
 
 
 def test_metrics_refuse_empty_or_nan():
-    with pytest.raises(SoftcalError, match="got 3 and 0; check the OOD data"):
+    with pytest.raises(SoftcalError, match="OOD detection needs in-distribution and OOD inputs, got 3 and 0"):
         detection_metrics(torch.ones(3), torch.ones(0))
-    with pytest.raises(SoftcalError, match="NaN or infinite"):
+    with pytest.raises(SoftcalError, match="OOD detection: a score is NaN or infinite; check the logits"):
         detection_metrics(torch.tensor([1.0, math.nan]), torch.ones(2))
 
 

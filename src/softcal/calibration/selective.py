@@ -103,7 +103,7 @@ def optimal_aurc(n_correct: int, n: int) -> float:
     """AURC of a perfect ranking of n predictions of which n_correct are right:
     (1/n) * sum_{k > n_correct} (k - n_correct) / k."""
     if n < 1 or not 0 <= n_correct <= n:
-        raise SoftcalError(f"optimal_aurc needs 0 <= n_correct <= n and n >= 1, got {n_correct} of {n}")
+        raise ValueError(f"optimal_aurc needs 0 <= n_correct <= n and n >= 1, got {n_correct} of {n}")
     kept = torch.arange(1, n + 1, dtype=torch.float64)
     # the same float operations as step_risks on a perfect ranking, so E-AURC is exactly 0 there
     return float(((kept - n_correct).clamp_min(0) / kept).mean())
