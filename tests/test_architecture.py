@@ -27,6 +27,7 @@ LAYERS: dict[str, int] = {
     "": 0,
     "errors": 0,
     "checks": 0,  # option-value rules: imports errors only
+    "atomic_files": 0,  # the one atomic, fsynced file writer: imports errors only
     "allocator": 0,
     "softmax_demo": 0,
     "synthetic": 0,

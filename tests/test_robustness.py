@@ -14,13 +14,13 @@ import pytest
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from softcal.atomic_files import atomic_write_bytes
 from softcal.checks import check_epochs
 from softcal.data import ImageFolderDataModule, MNISTDataModule
-from softcal.data.formats import load_image_folder
+from softcal.data.formats import content_key, image_label_pairs, load_image_folder
 from softcal.errors import CheckpointError, DataError, SoftcalError
 from softcal.model.module import Classifier
 from softcal.runs.checkpoint_io import AtomicCheckpointIO, with_atomic_checkpoints
-from softcal.runs.files import atomic_write_bytes
 from softcal.synthetic import write_image_folder
 from tests.test_reliability import _train as reliability_train
 
@@ -84,6 +84,38 @@ def test_atomic_write_bytes_cleans_up_when_the_rename_fails(tmp_path, monkeypatc
     with pytest.raises(SoftcalError, match=r"cannot write results.json in .*No space left on device"):
         atomic_write_bytes(target, b"new")
     assert target.read_text() == "old" and _temp_files(tmp_path) == []
+
+
+def test_an_image_cache_that_runs_out_of_room_keeps_the_old_file(tmp_path):
+    folder = write_image_folder(tmp_path / "f", classes=("a", "b"), n_train=20, n_test=2)
+    classes, cache = ["a", "b"], tmp_path / "cache"
+    key = content_key(image_label_pairs(folder / "train", classes), 3, (32, 32))
+    old = cache / f"imagefolder-{key}.pt"
+    old.parent.mkdir()
+    old.write_bytes(b"an untrusted cache file: decoded again, then replaced" * 10)
+    before = old.read_bytes()
+    got = []
+    _write_under_file_size_limit(
+        len(before), lambda: got.append(load_image_folder(folder / "train", classes, 3, (32, 32), cache))
+    )
+    images, labels = got[0]
+    assert images.shape == (20, 3, 32, 32) and labels.tolist().count(1) == 10, "the run goes on"
+    assert old.read_bytes() == before and _temp_files(cache) == []
+    assert torch.equal(load_image_folder(folder / "train", classes, 3, (32, 32), cache)[0], images)
+    assert torch.load(old, weights_only=True)["images"].shape == (20, 3, 32, 32), "replaced with room"
+
+
+def test_a_figure_that_runs_out_of_room_keeps_the_old_png(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from softcal.calibration.figures import save_png
+
+    path = save_png(plt.figure(figsize=(1, 1)), tmp_path / "reliability.png")
+    before = path.read_bytes()
+    assert before.startswith(b"\x89PNG")
+    with pytest.raises(SoftcalError, match=r"^cannot write reliability.png in .*: File too large"):
+        _write_under_file_size_limit(len(before), lambda: save_png(plt.figure(figsize=(8, 8)), path))
+    assert path.read_bytes() == before and _temp_files(tmp_path) == []
 
 
 def test_the_cli_plugin_is_added_unless_the_config_names_one():

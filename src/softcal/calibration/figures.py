@@ -7,6 +7,7 @@ for TensorBoard and :func:`save_png` writes it to disk.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,6 +18,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+
+from softcal.atomic_files import atomic_write_bytes  # noqa: E402
 
 
 def _per_bin(count: torch.Tensor, total: torch.Tensor) -> np.ndarray:
@@ -190,9 +193,9 @@ def to_rgb_array(fig: Figure) -> np.ndarray:
 
 
 def save_png(fig: Figure, path: str | Path) -> Path:
-    """Write a figure to ``path`` as PNG and close it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    """Write a figure to ``path`` as PNG (atomically: a re-run never leaves half an image) and
+    close it."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
     plt.close(fig)
-    return path
+    return atomic_write_bytes(path, buffer.getbuffer())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import os
 import pickle
 from collections.abc import Callable
@@ -18,7 +19,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from softcal.errors import DataError
+from softcal.atomic_files import atomic_write_bytes
+from softcal.errors import DataError, SoftcalError
 
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
@@ -215,13 +217,12 @@ def load_image_folder(
     if images is not None:
         return images, labels
     images, labels = decode_images(items, channels, size)
-    try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(f".tmp{os.getpid()}")
-        torch.save({"images": images, "labels": labels}, tmp)
-        os.replace(tmp, cache_file)  # atomic: a killed run never leaves half a cache file
-    except OSError:
-        pass  # a read-only cache location only costs speed
+    buffer = io.BytesIO()
+    torch.save({"images": images, "labels": labels}, buffer)
+    try:  # atomic and fsynced: a kill or a full disk never leaves half a cache file
+        atomic_write_bytes(cache_file, buffer.getbuffer())
+    except SoftcalError:
+        pass  # a read-only or full cache location only costs speed
     return images, labels
 
 
