@@ -118,6 +118,19 @@ def test_a_figure_that_runs_out_of_room_keeps_the_old_png(tmp_path):
     assert path.read_bytes() == before and _temp_files(tmp_path) == []
 
 
+def test_an_export_that_runs_out_of_room_keeps_the_old_model(tmp_path):
+    from softcal.apps.export import export_torchscript
+
+    path, example = tmp_path / "model.pt", torch.rand(2, 4)
+    export_torchscript(torch.nn.Linear(4, 2), example, path, {"classes": ["a", "b"]})
+    before = path.read_bytes()
+    bigger = torch.nn.Sequential(torch.nn.Linear(4, 4000), torch.nn.Linear(4000, 2))
+    with pytest.raises(SoftcalError, match=r"^cannot write model.pt in .*: File too large"):
+        _write_under_file_size_limit(len(before), lambda: export_torchscript(bigger, example, path, {}))
+    assert path.read_bytes() == before and _temp_files(tmp_path) == []
+    assert torch.jit.load(path)(example).shape == (2, 2), "the old model still loads"
+
+
 def test_the_cli_plugin_is_added_unless_the_config_names_one():
     own = TorchCheckpointIO()
     assert with_atomic_checkpoints([own]) == [own]

@@ -18,6 +18,7 @@ A run without a fitted temperature exports the raw softmax (T = 1); its metadata
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 import warnings
@@ -28,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from softcal.atomic_files import atomic_write_bytes
 from softcal.data.augment import normalize
 from softcal.errors import SoftcalError, exit_on_user_error
 from softcal.runs.load import LoadedRun, load_run, run_argument_parser
@@ -101,26 +103,26 @@ def export_onnx(module: ProbabilityModel, example: torch.Tensor, path: Path,
             input_names=["images"], output_names=["probabilities"],
             dynamic_shapes={"images": {0: batch}},
         )  # fmt: skip
-    proto = onnx.load(str(tmp))
+    try:
+        proto = onnx.load(str(tmp))
+    finally:
+        tmp.unlink(missing_ok=True)
     for key, value in meta.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, json.dumps(value)
-    onnx.save(proto, str(tmp))
-    tmp.replace(path)  # a failed export never leaves half a model under the final name
-    return path
+    # atomic and fsynced: a failed export never leaves half a model under the final name
+    return atomic_write_bytes(path, proto.SerializeToString())
 
 
 def export_torchscript(module: ProbabilityModel, example: torch.Tensor, path: Path,
                        meta: dict[str, Any]) -> Path:  # fmt: skip
     """A traced TorchScript file; tracing keeps the batch dimension symbolic for these nets."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.filterwarnings("ignore", category=FutureWarning, module="torch.jit")
         traced = torch.jit.trace(module, example)
-        torch.jit.save(traced, str(tmp), _extra_files={"softcal.json": json.dumps(meta)})
-    tmp.replace(path)
-    return path
+        torch.jit.save(traced, buffer, _extra_files={"softcal.json": json.dumps(meta)})
+    return atomic_write_bytes(path, buffer.getbuffer())
 
 
 def onnxruntime_difference(module: ProbabilityModel, path: Path, example: torch.Tensor,
