@@ -322,7 +322,7 @@ def test_results_json_and_table_carry_the_selective_rows(tiny_run):
     assert metrics["test/e_aurc"] <= metrics["test/aurc"]
     rows = {line.split()[0]: line.split()[1:] for line in
             format_results(metrics, results["temperature"], "t").splitlines()[3:]}  # fmt: skip
-    percents = [f"{100 * metrics[f'{stage}/aurc']:.2f}%" for stage in ("test", "test_calibrated")]
+    percents = [f"{100 * metrics[f'{stage}/aurc']:.3f}%" for stage in ("test", "test_calibrated")]
     assert rows["aurc"] == percents
     names = list(rows)
     assert names.index("loss") < names.index("aurc") < names.index("risk_at_95")
