@@ -73,7 +73,7 @@ class SelectivePrediction(L.Callback):
                 if not math.isnan(value):  # every process holds the same gathered numbers
                     pl_module.log(f"{stage}/{name}", value, sync_dist=False)
             name = "raw" if stage == "test" else "calibrated"
-            curves[f"{name} (AURC {100 * report['aurc']:.2f}%)"] = risk_coverage_curve(confidence, correct)
+            curves[f"{name} (AURC {100 * report['aurc']:.3g}%)"] = risk_coverage_curve(confidence, correct)
         experiment = getattr(trainer.logger, "experiment", None)
         if self.draw and curves and trainer.is_global_zero and hasattr(experiment, "add_image"):
             from softcal.calibration import figures  # matplotlib only when drawing
