@@ -153,6 +153,13 @@ def test_impossible_model_values_get_one_line(option, value):
     assert f"(e.g. --model.{option} " in message
 
 
+def test_an_impossible_learning_rate_names_the_rule_and_an_example():
+    with pytest.raises(SoftcalError) as caught:
+        Classifier(lr=-1.0)
+    expected = "model.lr=-1.0 is impossible: it must be a number above 0 (e.g. --model.lr 0.01)"
+    assert str(caught.value) == expected
+
+
 @pytest.mark.parametrize(("option", "value"), [
     ("batch_size", 0), ("batch_size", -4), ("eval_batch_size", 0), ("val_size", 0), ("val_size", -0.1),
 ])  # fmt: skip
