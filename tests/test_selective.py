@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import re
 
 import numpy as np
@@ -326,3 +327,73 @@ def test_results_json_and_table_carry_the_selective_rows(tiny_run):
     assert rows["aurc"] == percents
     names = list(rows)
     assert names.index("loss") < names.index("aurc") < names.index("risk_at_95")
+
+
+#: Trains and tests a tiny model on 2 CPU processes (DDP, gloo) with the selective callback;
+#: rank 0 saves what was logged, the weights and the gathered per-image state.
+DDP_SCRIPT = """
+import sys
+import lightning as L
+import torch
+from softcal.calibration.callbacks import TemperatureScaling
+from softcal.calibration.selective_callback import SelectivePrediction
+from softcal.data import MNISTDataModule
+from softcal.model.module import Classifier
+
+L.seed_everything(0)
+dm = MNISTDataModule(root=sys.argv[1], val_size=100, batch_size=32, eval_batch_size=30, download=False)
+model = Classifier(num_classes=10, in_channels=1)
+selective = SelectivePrediction()
+trainer = L.Trainer(accelerator="cpu", strategy="ddp", devices=2, max_epochs=1, limit_train_batches=5,
+                    logger=False, enable_progress_bar=False, enable_checkpointing=False,
+                    enable_model_summary=False, callbacks=[TemperatureScaling(), selective])
+trainer.fit(model, datamodule=dm)
+logged = trainer.test(model, datamodule=dm, verbose=False)[0]
+if trainer.is_global_zero:
+    torch.save({"logged": logged, "weights": model.state_dict(), "finished": selective.finished},
+               sys.argv[2])
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_log_what_one_computes(mnist_root, tmp_path):
+    """Each of 2 DDP processes tests its own shard (every other image) of the 200 test images;
+    the callback gathers both, so what is logged is the numbers of all 200 images, computed
+    here in one process from the same weights."""
+    import subprocess
+    import sys
+
+    from softcal.data import MNISTDataModule
+    from softcal.model.module import Classifier
+    from tests.conftest import REPO
+
+    script = tmp_path / "ddp_selective.py"
+    script.write_text(DDP_SCRIPT)
+    proc = subprocess.run([sys.executable, str(script), str(mnist_root), str(tmp_path / "out.pt")],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    saved = torch.load(tmp_path / "out.pt", weights_only=False)
+    model = Classifier(num_classes=10, in_channels=1)
+    model.load_state_dict(saved["weights"])
+    model.eval()
+    dm = MNISTDataModule(root=str(mnist_root), val_size=100, download=False)
+    dm.setup("test")
+    images, labels = dm.splits["test"]
+    with torch.no_grad():
+        logits = model(dm.preprocess(images)).double()
+    temperature = model.fitted_temperature()
+    assert temperature is not None
+    for stage, t_ in (("test", 1.0), ("test_calibrated", temperature)):
+        probs = torch.softmax(logits / t_, 1)
+        conf, correct = probs.max(1).values, probs.argmax(1) == labels
+        gathered = saved["finished"][stage]
+        assert len(gathered["confidence"]) == 200, "every test image once, from both processes"
+        np.testing.assert_allclose(np.sort(gathered["confidence"].numpy()), np.sort(conf.numpy()),
+                                   rtol=1e-4, atol=1e-6)  # fmt: skip
+        assert int(gathered["correct"].sum()) == int(correct.sum())
+        assert saved["logged"][f"{stage}/aurc"] == pytest.approx(np_aurc(conf.numpy(), correct.numpy()),
+                                                                  rel=1e-4, abs=1e-6)  # fmt: skip
+        for name, value in selective_report(conf, correct).items():
+            if not math.isnan(value):
+                assert saved["logged"][f"{stage}/{name}"] == pytest.approx(value, rel=1e-4, abs=1e-6), name
