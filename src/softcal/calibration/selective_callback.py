@@ -71,7 +71,9 @@ class SelectivePrediction(L.Callback):
             report = self.reports[stage] = selective_report(confidence, correct)
             for name, value in report.items():
                 if not math.isnan(value):  # every process holds the same gathered numbers
-                    pl_module.log(f"{stage}/{name}", value, sync_dist=False)
+                    # float64: a float is logged as float32 (0.000125 as 0.00012500000594)
+                    exact = torch.tensor(value, dtype=torch.float64)
+                    pl_module.log(f"{stage}/{name}", exact, sync_dist=False)
             name = "raw" if stage == "test" else "calibrated"
             curves[f"{name} (AURC {100 * report['aurc']:.3g}%)"] = risk_coverage_curve(confidence, correct)
         experiment = getattr(trainer.logger, "experiment", None)
