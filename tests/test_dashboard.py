@@ -17,7 +17,7 @@ import yaml
 from softcal.apps.train import main as train
 from softcal.errors import SoftcalError
 from softcal.runs.dashboard import CHARTS, custom_scalars_layout
-from softcal.runs.run_hparams import HPARAMS, METRICS, PLACEHOLDER, hparam_values
+from softcal.runs.run_hparams import HPARAMS, METRICS, PLACEHOLDER, SHOWN, hparam_values
 from tests.conftest import REPO, TINY
 
 NAMES = [name for name, _, _ in HPARAMS]
@@ -164,6 +164,8 @@ def test_runs_of_two_nets_sit_in_one_hparams_table_with_their_results(two_nets):
     assert sorted(h.name for h in experiment.hparam_infos) == sorted(NAMES)  # tensorboard sorts them
     assert [m.name.tag for m in experiment.metric_infos] == list(METRICS)
     assert all(not h.domain_discrete.values for h in experiment.hparam_infos)  # no row is hidden
+    shown = [h.name for h in experiment.hparam_infos][:5]  # what the table shows before any is ticked
+    assert shown == sorted(SHOWN)
     by_run = {Path(r["run_dir"]).name: (r, out) for r, out in two_nets["runs"]}
     assert sorted(g.name for g in groups) == sorted(f"mnist/{v}" for v in by_run)
     columns = []
