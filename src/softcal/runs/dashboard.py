@@ -106,6 +106,8 @@ class RunDashboard(L.Callback):
     # ------------------------------------------------------------------ hooks
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.training_started = True
+        # trainer.log_dir broadcasts from rank 0: every rank must ask, or DDP's collectives hang.
+        log_dir = Path(trainer.log_dir or ".")
         writer = _writer(trainer)
         if writer is None:
             return
@@ -113,12 +115,12 @@ class RunDashboard(L.Callback):
         experiment = api_pb2.Experiment(hparam_infos=hparams, metric_infos=metrics)
         writer.file_writer.add_summary(_hparams_summary(metadata.EXPERIMENT_TAG, experiment=experiment))
         # The trial id is the run's own name: runs with equal hyperparameters stay two rows.
-        run_name = "/".join(Path(trainer.log_dir or "run").parts[-2:])  # <experiment>/version_N
+        run_name = "/".join(log_dir.parts[-2:])  # <experiment>/version_N
         writer.file_writer.add_summary(summary_v2.hparams_pb(self.hparams(trainer), trial_id=run_name))
         writer.add_custom_scalars(custom_scalars_layout())
         step = trainer.global_step
         writer.add_text("run/command", fenced(shlex.join(self.command_line)), step)
-        config_file = Path(trainer.log_dir or ".") / "config.yaml"
+        config_file = log_dir / "config.yaml"
         if config_file.is_file():  # written by LightningCLI's SaveConfigCallback at setup
             writer.add_text("run/config", fenced(config_file.read_text()), step)
         writer.flush()
