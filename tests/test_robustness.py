@@ -301,6 +301,15 @@ def test_sigterm_while_testing_exits_143_in_one_line_and_writes_no_results(mnist
     assert torch.load(best, weights_only=True)["global_step"] == 15, "the trained model is saved"
 
 
+def test_the_sigterm_while_testing_line_without_a_checkpoint():
+    from softcal.apps.train import sigterm_while_testing
+
+    assert sigterm_while_testing("") == (
+        "terminated (SIGTERM) while testing: no results.json was written, and the run saved no checkpoint"
+        " (--trainer.enable_checkpointing false): train again"
+    )
+
+
 def test_a_lost_node_is_named_in_one_line_and_other_errors_pass_through():
     from types import SimpleNamespace
 
