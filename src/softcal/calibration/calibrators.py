@@ -1,0 +1,290 @@
+"""Post-hoc calibrators: maps from a trained model's logits to calibrated probabilities.
+
+Each is fitted on held-out (validation) logits and applied unchanged to any other logits:
+
+* ``temperature``: softmax(z / T), one scalar (Guo et al. 2017).
+* ``vector``: softmax(w * z + b), w and b in R^K (Guo et al. 2017).
+* ``matrix``: softmax(W z + b) with ODIR, the off-diagonal and intercept regularisation of Kull
+  et al. 2019 ("Beyond temperature scaling"), lambdas chosen by k-fold cross-validation.
+  ``matrix_unregularised`` is the same without the penalty, kept to show why it is needed.
+* ``histogram`` / ``isotonic``: one-vs-rest maps of each softmax probability, renormalised
+  (in :mod:`softcal.calibration.binning_calibrators`).
+
+The first three are logit transforms (``exportable``): ONNX or TorchScript can carry them as a
+layer after the net. Everything fitted lives in the module's extra state (a dict with the
+method's name), so a state_dict - or a Lightning checkpoint holding the module - rebuilds it
+exactly. An unfitted calibrator is the identity: its forward is the plain softmax.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from softcal.calibration.affine_fit import cross_validate_odir, fit_affine, single_threaded
+from softcal.calibration.temperature import fit_temperature
+from softcal.errors import SoftcalError
+
+#: The methods ``evaluate.py --calibrators all`` compares and a run may store.
+METHODS: tuple[str, ...] = ("temperature", "vector", "matrix", "histogram", "isotonic")
+#: METHODS plus the unregularised matrix scaling, shown in the comparison table only: it
+#: overfits (Guo et al. 2017 report 25% ECE on CIFAR-100), which is the point of showing it.
+ALL_METHODS_FOR_COMPARISON: tuple[str, ...] = (*METHODS, "matrix_unregularised")
+
+
+def check_fit_inputs(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> tuple[
+    torch.Tensor, torch.Tensor
+]:  # fmt: skip
+    """Validated float64 CPU logits (N, K) and int64 labels (N,); a one-line SoftcalError if not."""
+    if logits.ndim != 2 or logits.shape[1] != num_classes:
+        raise SoftcalError(
+            f"calibrator: logits of shape {tuple(logits.shape)} do not match {num_classes} classes; "
+            "fit on the (N, num_classes) logits of the same model"
+        )
+    if labels.shape != (logits.shape[0],):
+        raise SoftcalError(
+            f"calibrator: {tuple(labels.shape)} labels for {logits.shape[0]} logit rows; "
+            "pass one label per row"
+        )
+    if logits.shape[0] == 0:
+        raise SoftcalError("calibrator: no validation logits to fit on; fit on a non-empty validation split")
+    logits, labels = logits.detach().double().cpu(), labels.detach().long().cpu()
+    if not torch.isfinite(logits).all():
+        bad = int((~torch.isfinite(logits)).any(dim=1).sum())
+        raise SoftcalError(
+            f"calibrator: {bad} validation logit rows hold NaN or infinity; fix the model (its training "
+            "diverged?) before calibrating it"
+        )
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise SoftcalError(
+            f"calibrator: labels outside 0..{num_classes - 1}; the labels do not belong to these logits"
+        )
+    return logits, labels
+
+
+def _float(logits: torch.Tensor) -> torch.dtype:
+    """float32 for half/bf16/float32 logits (what export runs in), float64 for float64 logits."""
+    return torch.promote_types(logits.dtype, torch.float32)
+
+
+class Calibrator(torch.nn.Module):
+    """A fitted map from logits (N, K) to calibrated probabilities (N, K)."""
+
+    method: ClassVar[str]
+    exportable: ClassVar[bool]
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise SoftcalError(f"calibrator: num_classes must be at least 1, got {num_classes}")
+        self.num_classes = num_classes
+        self._fitted = False
+
+    @property
+    def fitted(self) -> bool:
+        return self._fitted
+
+    def fit(self, logits: torch.Tensor, labels: torch.Tensor) -> Calibrator:
+        """Fit on held-out logits and labels (in float64, on the CPU); returns self."""
+        logits, labels = check_fit_inputs(logits, labels, self.num_classes)
+        with single_threaded():
+            self._fit(logits, labels)
+        return self
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        """Calibrated probabilities: float32 (N, K), rows summing to 1, on the logits' device."""
+        return F.softmax(self.calibrated_logits(logits), dim=1).float()
+
+    def calibrated_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits whose softmax is :meth:`forward`; only the logit transforms have them."""
+        raise SoftcalError(
+            f"calibrator: {self.method} is not a logit transform and cannot be exported; "
+            "use temperature, vector or matrix"
+        )
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def _fit(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def _params(self) -> dict[str, Any]:
+        """The fitted values (tensors, floats, ints) that :meth:`get_extra_state` stores."""
+        raise NotImplementedError
+
+    def _load_params(self, params: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def get_extra_state(self) -> dict[str, Any]:
+        params = {k: v.detach().cpu().clone() if torch.is_tensor(v) else v for k, v in self._params().items()}
+        return {"method": self.method, "num_classes": self.num_classes, "fitted": self._fitted, **params}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        if not isinstance(state, dict) or state.get("method") != self.method:
+            found = state.get("method") if isinstance(state, dict) else type(state).__name__
+            raise SoftcalError(
+                f"calibrator: the saved state is for {found!r}, not {self.method!r}; rebuild it with "
+                "calibrator_from_state(state)"
+            )
+        if state["num_classes"] != self.num_classes:
+            raise SoftcalError(
+                f"calibrator: the saved {self.method} calibrator has {state['num_classes']} classes, this "
+                f"one {self.num_classes}; load a calibrator fitted for this model"
+            )
+        self._load_params({k: v for k, v in state.items() if k not in ("method", "num_classes", "fitted")})
+        self._fitted = bool(state["fitted"])
+
+    def _not_fitted(self, name: str) -> str:
+        return f"{name} (not fitted: uncalibrated softmax)"
+
+
+class TemperatureCalibrator(Calibrator):
+    """softmax(z / T). A fit that fails (fit_temperature returns None) leaves T = 1, not fitted."""
+
+    method = "temperature"
+    exportable = True
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__(num_classes)
+        self.temperature = 1.0
+
+    def _fit(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        temperature = fit_temperature(logits, labels)
+        self.temperature = 1.0 if temperature is None else temperature
+        self._fitted = temperature is not None
+
+    def calibrated_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.to(_float(logits)) / self.temperature
+
+    def describe(self) -> str:
+        if not self._fitted:
+            return self._not_fitted("temperature scaling")
+        return f"temperature scaling (T={self.temperature:.4g})"
+
+    def _params(self) -> dict[str, Any]:
+        return {"temperature": float(self.temperature)}
+
+    def _load_params(self, params: dict[str, Any]) -> None:
+        self.temperature = float(params["temperature"])
+
+
+class VectorCalibrator(Calibrator):
+    """softmax(w * z + b), w and b in R^K; NLL by L-BFGS in float64, started at w = 1/T, b = 0."""
+
+    method = "vector"
+    exportable = True
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__(num_classes)
+        self.weight = torch.ones(num_classes, dtype=torch.float64)
+        self.bias = torch.zeros(num_classes, dtype=torch.float64)
+
+    def _fit(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        start = 1.0 / (fit_temperature(logits, labels) or 1.0)
+        weight, bias = fit_affine(logits, labels, start * torch.ones(self.num_classes, dtype=torch.float64))
+        if weight is not None:
+            self.weight, self.bias, self._fitted = weight, bias, True
+
+    def calibrated_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        dtype = _float(logits)
+        return logits.to(dtype) * self.weight.to(logits.device, dtype) + self.bias.to(logits.device, dtype)
+
+    def describe(self) -> str:
+        if not self._fitted:
+            return self._not_fitted("vector scaling")
+        w = self.weight
+        return f"vector scaling (w in [{float(w.min()):.3g}, {float(w.max()):.3g}])"
+
+    def _params(self) -> dict[str, Any]:
+        return {"weight": self.weight, "bias": self.bias}
+
+    def _load_params(self, params: dict[str, Any]) -> None:
+        self.weight, self.bias = params["weight"].double(), params["bias"].double()
+
+
+class MatrixCalibrator(Calibrator):
+    """softmax(W z + b) with ODIR: NLL + lambda_od * mean of the K(K-1) squared off-diagonal
+    entries of W + lambda_b * mean of the K squared intercepts (Kull et al. 2019, eq. 9).
+
+    The lambdas are chosen by 5-fold cross-validation on the fitting data (held-out NLL) over
+    :data:`LAMBDA_GRID`; too little data for that (under 10 rows) takes lambda_od = lambda_b =
+    1e-2. W starts at I / T (temperature scaling), b at 0.
+    """
+
+    method = "matrix"
+    exportable = True
+    regularised: ClassVar[bool] = True
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__(num_classes)
+        self.weight = torch.eye(num_classes, dtype=torch.float64)
+        self.bias = torch.zeros(num_classes, dtype=torch.float64)
+        self.lambda_od = self.lambda_b = 0.0
+
+    def _fit(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        start = torch.eye(self.num_classes, dtype=torch.float64) / (fit_temperature(logits, labels) or 1.0)
+        if self.regularised:
+            self.lambda_od, self.lambda_b = cross_validate_odir(logits, labels, start)
+        weight, bias = fit_affine(logits, labels, start, self.lambda_od, self.lambda_b)
+        if weight is not None:
+            self.weight, self.bias, self._fitted = weight, bias, True
+
+    def calibrated_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        dtype = _float(logits)
+        weight = self.weight.to(logits.device, dtype)
+        return logits.to(dtype) @ weight.T + self.bias.to(logits.device, dtype)
+
+    def describe(self) -> str:
+        name = "matrix scaling" + ("" if self.regularised else ", unregularised")
+        if not self._fitted:
+            return self._not_fitted(name)
+        if not self.regularised:
+            return "matrix scaling (unregularised)"
+        return f"matrix scaling (ODIR, lambda_od={self.lambda_od:.0e}, lambda_b={self.lambda_b:.0e})"
+
+    def _params(self) -> dict[str, Any]:
+        lambdas = {"lambda_od": self.lambda_od, "lambda_b": self.lambda_b}
+        return {"weight": self.weight, "bias": self.bias, **lambdas}
+
+    def _load_params(self, params: dict[str, Any]) -> None:
+        self.weight, self.bias = params["weight"].double(), params["bias"].double()
+        self.lambda_od, self.lambda_b = float(params["lambda_od"]), float(params["lambda_b"])
+
+
+class UnregularisedMatrixCalibrator(MatrixCalibrator):
+    """Matrix scaling by plain NLL: K^2 + K free parameters, which overfit a small validation set."""
+
+    method = "matrix_unregularised"
+    regularised = False
+
+
+def _registry() -> dict[str, type[Calibrator]]:
+    # Imported here: binning_calibrators subclasses Calibrator, so it imports this module.
+    from softcal.calibration.binning_calibrators import HistogramCalibrator, IsotonicCalibrator
+
+    classes: list[type[Calibrator]] = [
+        TemperatureCalibrator, VectorCalibrator, MatrixCalibrator, UnregularisedMatrixCalibrator,
+        HistogramCalibrator, IsotonicCalibrator,
+    ]  # fmt: skip
+    return {cls.method: cls for cls in classes}
+
+
+def make_calibrator(method: str, num_classes: int) -> Calibrator:
+    """An unfitted calibrator of ``method`` (one of ALL_METHODS_FOR_COMPARISON) for K classes."""
+    registry = _registry()
+    if method not in registry:
+        raise SoftcalError(
+            f"unknown calibrator {method!r}; choose one of {', '.join(ALL_METHODS_FOR_COMPARISON)}"
+        )
+    return registry[method](num_classes)
+
+
+def calibrator_from_state(state: dict[str, Any]) -> Calibrator:
+    """Rebuild a calibrator from its :meth:`Calibrator.get_extra_state` dict."""
+    if not isinstance(state, dict) or "method" not in state or "num_classes" not in state:
+        raise SoftcalError("calibrator: the saved state is not a calibrator's; refit the calibrator")
+    calibrator = make_calibrator(str(state["method"]), int(state["num_classes"]))
+    calibrator.set_extra_state(state)
+    return calibrator
