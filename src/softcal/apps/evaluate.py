@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from softcal.apps import evaluation_analyses
 from softcal.errors import exit_on_user_error
 from softcal.runs.files import atomic_write_json
 from softcal.runs.load import RUN_HELP, LoadedRun, load_run, split_overrides
@@ -92,9 +93,13 @@ def evaluate_checkpoint(
         datamodule.setup("fit")
         datamodule.splits["test"] = datamodule.splits["val"]
     from softcal.calibration.callbacks import CalibrationFigures
+    from softcal.calibration.selective_callback import SelectivePrediction
+    from softcal.runs.split_logits import LogitsCollector
 
     drawn = CalibrationFigures(int(model.hparams.calibration_bins))  # no logger: only sums
-    trainer = evaluation_trainer(run, [drawn])
+    selective = SelectivePrediction(draw=False)  # test/aurc ... as training logs them
+    collected = LogitsCollector()  # the logits behind the calibrator comparison and OOD scores
+    trainer = evaluation_trainer(run, [drawn, selective, collected])
     with warnings.catch_warnings():
         # A deprecation inside Lightning itself, nothing a user can act on.
         warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
@@ -114,7 +119,9 @@ def evaluate_checkpoint(
     def bins(state: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in state.items() if k != "confusion"}
 
-    return evaluation, {"raw": bins(raw), "calibrated": bins(calibrated), "confusion": raw["confusion"]}
+    return evaluation, {"raw": bins(raw), "calibrated": bins(calibrated), "confusion": raw["confusion"],
+                        "run": run, "logits": collected.logits, "labels": collected.labels,
+                        "selective": selective.finished}  # fmt: skip
 
 
 def key_for_split(key: str, split: str, scored_as: str = "test") -> str:
@@ -214,7 +221,10 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
                         help="the official test set (default) or the run's validation split")
     parser.add_argument("--out", type=Path, default=None,
                         help="output folder (default: <run_dir>/eval)")  # fmt: skip
-    return parser.parse_args(own), overrides
+    evaluation_analyses.add_arguments(parser)
+    args = parser.parse_args(own)
+    evaluation_analyses.check_arguments(args)  # before any checkpoint is loaded
+    return args, overrides
 
 
 def quiet_lightning() -> None:
@@ -230,12 +240,17 @@ def main(argv: Sequence[str] | None = None) -> list[Evaluation]:
     for (evaluation, state), out_dir in zip(results, _out_dirs(evaluations, args.out), strict=True):
         evaluation.out_dir = out_dir
         evaluation.files = write_outputs(evaluation, state, out_dir, overrides)
+        files, tables = evaluation_analyses.analyse(evaluation, state, out_dir, args)
+        evaluation.files += files
+        state["tables"] = tables
     if len(evaluations) == 1:
         print(results_table(evaluations[0]))
     else:
         labels = [_label(path, e) for path, e in zip(args.paths, evaluations, strict=True)]
         print(f"{comparison_title(evaluations)}\n")
         print(comparison_table(evaluations, labels))
+    for table in (table for _, state in results for table in state["tables"]):
+        print(f"\n{table}")  # calibrator comparison, OOD detection
     for e in evaluations:
         if e.temperature is None:
             print(f"note: {e.checkpoint.name} has no fitted temperature (trained with --calibrate"
