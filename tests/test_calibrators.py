@@ -77,8 +77,12 @@ def test_methods_and_factory():
         calibrator = make_calibrator(method, 4)
         assert calibrator.method == method and not calibrator.fitted
         assert calibrator.exportable == (method in EXPORTABLE)
-    with pytest.raises(SoftcalError, match="unknown calibrator 'platt'.*temperature, vector, matrix"):
+    with pytest.raises(
+        SoftcalError, match="unknown calibrator 'platt'; choose one of temperature, vector, matrix"
+    ):
         make_calibrator("platt", 4)
+    with pytest.raises(SoftcalError, match="calibrator: num_classes must be at least 1, got 0"):
+        make_calibrator("vector", 0)
 
 
 @pytest.mark.parametrize("method", ALL_METHODS_FOR_COMPARISON)
@@ -115,11 +119,15 @@ def test_state_dict_round_trip_is_exact(fitted, data, method):
 
 
 def test_loading_another_methods_state_names_both(fitted):
-    with pytest.raises(SoftcalError, match="'vector', not 'matrix'"):
+    with pytest.raises(
+        SoftcalError, match=r"'vector', not 'matrix'; rebuild it with calibrator_from_state\(state\)"
+    ):
         make_calibrator("matrix", 5).load_state_dict(fitted["vector"].state_dict())
-    with pytest.raises(SoftcalError, match="5 classes, this one 3"):
+    with pytest.raises(SoftcalError, match="5 classes, this one 3; load a calibrator fitted for this model"):
         make_calibrator("vector", 3).load_state_dict(fitted["vector"].state_dict())
-    with pytest.raises(SoftcalError, match="not a calibrator's"):
+    with pytest.raises(
+        SoftcalError, match="calibrator: the saved state is not a calibrator's; refit the calibrator"
+    ):
         calibrator_from_state({"weight": torch.ones(3)})
 
 
@@ -132,7 +140,8 @@ def test_calibrated_logits_give_the_same_probabilities(fitted, data, method):
 
 @pytest.mark.parametrize("method", ["histogram", "isotonic"])
 def test_non_exportable_methods_refuse_calibrated_logits(fitted, data, method):
-    with pytest.raises(SoftcalError, match=f"{method} is not a logit transform"):
+    fixed = " is not a logit transform and cannot be exported; use temperature, vector or matrix"
+    with pytest.raises(SoftcalError, match=f"calibrator: {method}{fixed}"):
         fitted[method].calibrated_logits(data[0])
 
 
@@ -278,7 +287,9 @@ def test_degenerate_validation_sets_fit_without_crashing(method, case):
 def test_non_finite_logits_are_a_one_line_error(data, method, bad):
     logits = data[0].clone()
     logits[3, 1] = bad
-    with pytest.raises(SoftcalError, match="1 validation logit rows hold NaN or infinity") as error:
+    with pytest.raises(
+        SoftcalError, match="1 of 300 validation logit rows hold NaN or infinity; fix the model"
+    ) as error:
         make_calibrator(method, 5).fit(logits, data[1])
     assert "\n" not in str(error.value)
 
@@ -286,10 +297,26 @@ def test_non_finite_logits_are_a_one_line_error(data, method, bad):
 @pytest.mark.parametrize(
     ("logits", "labels", "message"),
     [
-        (torch.zeros(4, 3), torch.zeros(4, dtype=torch.long), "do not match 5 classes"),
-        (torch.zeros(4, 5), torch.zeros(3, dtype=torch.long), "pass one label per row"),
-        (torch.zeros(0, 5), torch.zeros(0, dtype=torch.long), "no validation logits"),
-        (torch.zeros(4, 5), torch.full((4,), 5), "labels outside 0..4"),
+        (
+            torch.zeros(4, 3),
+            torch.zeros(4, dtype=torch.long),
+            r"do not match 5 classes; fit on the \(N, num_classes\) logits of the same model",
+        ),
+        (
+            torch.zeros(4, 5),
+            torch.zeros(3, dtype=torch.long),
+            r"\(3,\) labels for 4 logit rows; pass one label per row",
+        ),
+        (
+            torch.zeros(0, 5),
+            torch.zeros(0, dtype=torch.long),
+            "calibrator: no validation logits to fit on; fit on a non-empty validation split",
+        ),
+        (
+            torch.zeros(4, 5),
+            torch.full((4,), 5),
+            "labels outside 0..4; the labels do not belong to these logits",
+        ),
     ],
 )
 def test_mismatched_inputs_are_one_line_errors(logits, labels, message):

@@ -54,8 +54,8 @@ def check_fit_inputs(logits: torch.Tensor, labels: torch.Tensor, num_classes: in
     if not torch.isfinite(logits).all():
         bad = int((~torch.isfinite(logits)).any(dim=1).sum())
         raise SoftcalError(
-            f"calibrator: {bad} validation logit rows hold NaN or infinity; fix the model (its training "
-            "diverged?) before calibrating it"
+            f"calibrator: {bad} of {len(logits)} validation logit rows hold NaN or infinity; fix the model "
+            "(did its training diverge?) before calibrating it"
         )
     if labels.min() < 0 or labels.max() >= num_classes:
         raise SoftcalError(
