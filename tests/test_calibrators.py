@@ -334,3 +334,39 @@ def test_odir_overfits_less_than_unregularised_matrix_scaling():
         calibrator = make_calibrator(method, 20).fit(logits[val], labels[val])
         held_out[method] = np_nll(calibrator(logits[test]).double().numpy(), labels[test].numpy())
     assert held_out["matrix"] < 0.8 * held_out["matrix_unregularised"], held_out
+
+
+@pytest.mark.parametrize("method", ALL_METHODS_FOR_COMPARISON)
+def test_fits_inside_inference_mode_on_inference_tensors(data, fitted, method):
+    """Lightning hooks and trainer.test run under no_grad/inference_mode; their logits are
+    inference tensors (float64 here, so no dtype conversion makes a normal copy)."""
+    with torch.inference_mode():
+        logits, labels = data[0].double().clone(), data[1].clone()
+        calibrator = make_calibrator(method, 5).fit(logits, labels)
+    with torch.no_grad():
+        again = make_calibrator(method, 5).fit(data[0], data[1])
+    assert calibrator.fitted and calibrator.describe() == fitted[method].describe()
+    torch.testing.assert_close(calibrator(data[0]), fitted[method](data[0]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(again(data[0]), fitted[method](data[0]), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("method", ALL_METHODS_FOR_COMPARISON)
+def test_low_precision_logits_give_float32_probabilities(fitted, data, method):
+    """bf16/fp16 logits (mixed-precision evaluation) are calibrated in float32 or better."""
+    for dtype in (torch.float16, torch.bfloat16):
+        low = data[0].to(dtype)
+        probs = fitted[method](low)
+        assert probs.dtype == torch.float32
+        torch.testing.assert_close(probs, fitted[method](low.float()), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("method", EXPORTABLE)
+def test_exportable_methods_trace_to_the_same_outputs(fitted, data, method):
+    """What export does with a logit transform (apps/export.py: torch.jit.trace for TorchScript,
+    torch.export with a dynamic batch for ONNX): the fitted values become constants."""
+    calibrator = fitted[method].eval()
+    traced = torch.jit.trace(calibrator, data[0][:7])
+    torch.testing.assert_close(traced(data[0]), calibrator(data[0]), atol=0, rtol=0)
+    batch = torch.export.Dim("batch", min=1)
+    exported = torch.export.export(calibrator, (data[0][:7],), dynamic_shapes=({0: batch},))
+    torch.testing.assert_close(exported.module()(data[0]), calibrator(data[0]), atol=0, rtol=0)

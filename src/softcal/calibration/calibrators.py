@@ -50,7 +50,8 @@ def check_fit_inputs(logits: torch.Tensor, labels: torch.Tensor, num_classes: in
         )
     if logits.shape[0] == 0:
         raise SoftcalError("calibrator: no validation logits to fit on; fit on a non-empty validation split")
-    logits, labels = logits.detach().double().cpu(), labels.detach().long().cpu()
+    logits = logits.detach().to("cpu", torch.float64, copy=True)
+    labels = labels.detach().to("cpu", torch.long, copy=True)
     if not torch.isfinite(logits).all():
         bad = int((~torch.isfinite(logits)).any(dim=1).sum())
         raise SoftcalError(
@@ -88,9 +89,10 @@ class Calibrator(torch.nn.Module):
 
     def fit(self, logits: torch.Tensor, labels: torch.Tensor) -> Calibrator:
         """Fit on held-out logits and labels (in float64, on the CPU); returns self."""
-        logits, labels = check_fit_inputs(logits, labels, self.num_classes)
-        with single_threaded():
-            self._fit(logits, labels)
+        # Fitting needs autograd: it may be called from a hook under no_grad or inference_mode,
+        # on logits made in inference mode (check_fit_inputs copies them into normal tensors).
+        with torch.inference_mode(False), torch.enable_grad(), single_threaded():
+            self._fit(*check_fit_inputs(logits, labels, self.num_classes))
         return self
 
     def forward(self, logits: torch.Tensor) -> torch.Tensor:
