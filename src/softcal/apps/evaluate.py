@@ -255,7 +255,7 @@ def main(argv: Sequence[str] | None = None) -> list[Evaluation]:
         if e.temperature is None:
             print(f"note: {e.checkpoint.name} has no fitted temperature (trained with --calibrate"
                   " false?): the calibrated metrics are the raw ones (T = 1)", file=sys.stderr)  # fmt: skip
-        print(f"wrote {', '.join(f.name for f in e.files)} to {e.out_dir}")
+        print(f"wrote {', '.join(str(f.relative_to(e.out_dir)) for f in e.files)} to {e.out_dir}")
     return evaluations
 
 
