@@ -11,7 +11,7 @@ import re
 import sys
 from argparse import ArgumentError
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
@@ -30,6 +30,9 @@ from softcal.runs.checkpoint_io import with_atomic_checkpoints
 from softcal.runs.dashboard import RunDashboard
 from softcal.runs.files import latest_run_with_last
 from softcal.runs.last_checkpoint import LastCheckpoint
+
+#: ``--calibrator`` values: softcal.calibration.calibrators.METHODS, spelled out for the parser.
+CalibratorName = Literal["temperature", "vector", "matrix", "histogram", "isotonic"]
 
 
 def with_config(args: list[str]) -> list[str]:
@@ -92,6 +95,10 @@ class SoftcalCLI(LightningCLI):
                                  " newest run of this experiment with a last.ckpt)")  # fmt: skip
         parser.add_argument("--calibrate", type=bool, default=True,
                             help="fit a temperature on the validation logits at each validation")  # fmt: skip
+        parser.add_argument("--calibrator", type=CalibratorName, default="temperature",
+                            help="the calibration the run stores and its calibrated metrics, predict"
+                                 " and export use; fitted next to T at each validation (T is always"
+                                 " fitted and reported)")  # fmt: skip
         parser.add_argument("--figures", type=bool, default=True,
                             help="reliability diagrams, confidence histograms and confusion"
                                  " matrices in TensorBoard at every validation and at test")  # fmt: skip
@@ -139,7 +146,7 @@ class SoftcalCLI(LightningCLI):
         if trainer_config.get("enable_checkpointing") is not False:
             callbacks += [ModelCheckpoint(**settings.checkpoint), LastCheckpoint(**settings.last_checkpoint)]
         if settings.get("calibrate", True):
-            callbacks.append(TemperatureScaling())
+            callbacks.append(TemperatureScaling(settings.get("calibrator") or "temperature"))
         if settings.get("figures", True):
             callbacks.append(CalibrationFigures(self.model.hparams.calibration_bins))
         # AURC, E-AURC, risk at coverage at test (test/*, test_calibrated/*); its figure with --figures

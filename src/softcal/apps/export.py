@@ -1,13 +1,20 @@
 """Export a trained checkpoint as one self-contained model: images in, probabilities out.
 
-The exported graph is ``normalise -> net -> / T -> softmax``: its input is a float batch
-(N, C, H, W) with values in [0, 1] (an 8-bit image divided by 255), its output calibrated
+The exported graph is ``normalise -> net -> calibration -> softmax``: its input is a float
+batch (N, C, H, W) with values in [0, 1] (an 8-bit image divided by 255), its output calibrated
 probabilities (N, num_classes); the batch size is free. Whoever runs it needs neither this
 package nor the dataset's mean and std.
 
+The calibration is the run's stored one (``--calibration stored``, the default): ``/ T`` for
+temperature scaling, or the stored vector or matrix scaling's ``calibrated_logits`` - the logit
+transforms a graph can carry. Histogram binning and isotonic regression map probabilities
+through fitted step functions that are not logit transforms; such a run is refused in one line
+that suggests ``--calibration temperature`` (the T every run also fits) or ``none`` (raw
+softmax), or training with ``--calibrator temperature|vector|matrix``.
+
 * ``onnx``: ``torch.onnx.export`` with the ``torch.export``-based exporter (the default since
   torch 2.9; the TorchScript-based one is deprecated), checked against onnxruntime when it
-  is installed. Class names, T, mean and std are stored as metadata properties.
+  is installed. Class names, T, the calibration method, mean and std are stored as metadata properties.
 * ``torchscript``: ``torch.jit.trace``, with the same facts in an extra file ``softcal.json``.
   torch marks TorchScript as deprecated; it still loads with ``torch.jit.load``.
 
@@ -24,7 +31,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -34,11 +41,19 @@ from softcal.data.augment import normalize
 from softcal.errors import SoftcalError, exit_on_user_error
 from softcal.runs.load import LoadedRun, load_run, run_argument_parser
 
+if TYPE_CHECKING:
+    from softcal.calibration.calibrators import Calibrator
+
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 
 
+#: What ``--calibration`` can put into the graph.
+CALIBRATIONS = ("stored", "temperature", "none")
+
+
 class ProbabilityModel(nn.Module):
-    """[0, 1] float images -> softmax(net(normalised images) / T).
+    """[0, 1] float images -> softmax(net(normalised images) / T), or with a ``calibrator``
+    (an exportable one: vector or matrix scaling) softmax(calibrator.calibrated_logits(...)).
 
     Normalisation goes through :func:`softcal.data.augment.normalize` on ``images * 255``, the
     function training applies to uint8 batches, so both see the same numbers (to float
@@ -46,10 +61,12 @@ class ProbabilityModel(nn.Module):
     """
 
     def __init__(
-        self, net: nn.Module, mean: Sequence[float], std: Sequence[float], temperature: float
+        self, net: nn.Module, mean: Sequence[float], std: Sequence[float], temperature: float,
+        calibrator: Calibrator | None = None,
     ) -> None:
         super().__init__()
         self.net = net
+        self.calibrator = calibrator
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32))
         self.register_buffer("temperature", torch.tensor(float(temperature)))
@@ -57,29 +74,63 @@ class ProbabilityModel(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = normalize(images * 255.0, self.mean, self.std)
         logits = self.net(x).float()
+        if self.calibrator is not None:
+            return torch.softmax(self.calibrator.calibrated_logits(logits), dim=1)
         return torch.softmax(logits / self.temperature, dim=1)
 
 
-def probability_model(run: LoadedRun) -> ProbabilityModel:
-    """The wrapper around a reopened run, in eval mode on the CPU."""
-    temperature = run.temperature if run.temperature is not None else 1.0
-    wrapper = ProbabilityModel(run.model.net, run.datamodule.mean, run.datamodule.std, temperature)
+def exported_method(run: LoadedRun, calibration: str = "stored") -> str | None:
+    """The calibration method the graph will apply (None: raw softmax), or one line of
+    SoftcalError when the stored method is not a logit transform a graph can carry."""
+    if calibration == "none":
+        return None
+    if calibration == "temperature" or run.calibrator is None:
+        return "temperature" if run.temperature is not None else None
+    if not run.calibrator.exportable:
+        raise SoftcalError(
+            f"{run.checkpoint.name} stores {run.calibrator.method} calibration, which an exported"
+            " graph cannot carry (only temperature, vector and matrix scaling are logit"
+            " transforms); export with --calibration temperature (its fitted T) or --calibration"
+            " none (raw softmax), or train with --calibrator temperature|vector|matrix"
+        )
+    return run.calibrator.method
+
+
+def probability_model(run: LoadedRun, calibration: str = "stored") -> ProbabilityModel:
+    """The wrapper around a reopened run, in eval mode on the CPU, calibrated as
+    :func:`exported_method` says."""
+    method = exported_method(run, calibration)
+    temperature = run.temperature if method == "temperature" and run.temperature is not None else 1.0
+    calibrator = run.calibrator if method not in (None, "temperature") else None
+    wrapper = ProbabilityModel(run.model.net, run.datamodule.mean, run.datamodule.std, temperature,
+                               calibrator)  # fmt: skip
     return wrapper.eval().cpu()
 
 
-def metadata(run: LoadedRun) -> dict[str, Any]:
+def metadata(run: LoadedRun, calibration: str = "stored") -> dict[str, Any]:
     """What a consumer needs to read the output: classes, input layout, calibration."""
-    scaled = "temperature-scaled" if run.temperature is not None else "uncalibrated (no fitted T)"
+    method = exported_method(run, calibration)
+    scaled = {None: "uncalibrated (raw softmax)", "temperature": "temperature-scaled"}.get(
+        method, f"{method}-scaled (the run's stored calibrator)")
     return {
         "class_names": run.class_names,
         "input": "float32 images (N, C, H, W) in [0, 1]",
         "input_shape": [run.in_channels, *run.image_size],
         "output": f"softmax probabilities (N, num_classes), {scaled}",
-        "temperature": run.temperature,  # null: not fitted, T = 1 inside
+        "calibration": method,  # null: raw softmax inside
+        # null: not fitted, or not applied (T = 1 inside unless calibration is temperature)
+        "temperature": run.temperature if method == "temperature" else None,
         "mean": list(run.datamodule.mean),
         "std": list(run.datamodule.std),
         "checkpoint": str(run.checkpoint),
     }
+
+
+def calibration_note(run: LoadedRun, method: str | None) -> str:
+    """What the graph applies, in words: the run's own note, or what --calibration chose."""
+    if method == run.calibration_method:
+        return run.temperature_note()
+    return "raw softmax, uncalibrated" if method is None else f"T = {run.temperature:.4f} only"
 
 
 def example_batch(run: LoadedRun, batch: int = 2) -> torch.Tensor:
@@ -148,9 +199,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = run_argument_parser(
         "export.py",
         "Export a checkpoint as a model from [0, 1] float images (N, C, H, W) to"
-        " calibrated softmax probabilities, normalisation and temperature inside.",
+        " calibrated softmax probabilities, normalisation and calibration inside.",
     )
     parser.add_argument("--format", choices=sorted(FORMATS), default="onnx")
+    parser.add_argument("--calibration", choices=CALIBRATIONS, default="stored",
+                        help="stored: the run's calibration (temperature, vector or matrix scaling;"
+                             " histogram and isotonic cannot be exported); temperature: its fitted T"
+                             " only; none: the raw softmax")  # fmt: skip
     parser.add_argument("--out", type=Path, default=None,
                         help="output file (default: <run_dir>/export/model.onnx or model.pt)")
     return parser.parse_args(argv)
@@ -160,12 +215,13 @@ def main(argv: Sequence[str] | None = None) -> Path:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     run = load_run(args.ckpt)
     out = args.out or run.run_dir / "export" / f"model{FORMATS[args.format]}"
-    module, example = probability_model(run), example_batch(run)
+    module, example = probability_model(run, args.calibration), example_batch(run)
+    meta = metadata(run, args.calibration)
     try:
         if args.format == "onnx":
-            export_onnx(module, example, out, metadata(run))
+            export_onnx(module, example, out, meta)
         else:
-            export_torchscript(module, example, out, metadata(run))
+            export_torchscript(module, example, out, meta)
     except ImportError as err:
         raise SoftcalError(
             f"{args.format} export needs {err.name or 'a missing package'}; install the export"
@@ -174,13 +230,13 @@ def main(argv: Sequence[str] | None = None) -> Path:
     except OSError as err:
         raise SoftcalError(f"cannot write {out}: {err}") from err
     warning = run.uncalibrated_warning("the exported probabilities")
-    if warning:
+    if warning and args.calibration != "none":
         print(warning, file=sys.stderr)
     shape = ", ".join(str(s) for s in example.shape[1:])
     print(f"wrote {out}")
     print(f"  input  images: float32 [batch, {shape}] in [0, 1]")
     print(f"  output probabilities: [batch, {run.num_classes}] (normalisation inside;"
-          f" {run.temperature_note()})")  # fmt: skip
+          f" {calibration_note(run, meta['calibration'])})")  # fmt: skip
     if args.format == "onnx":
         diff = onnxruntime_difference(module, out, example)
         if diff is not None:

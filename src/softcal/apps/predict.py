@@ -4,8 +4,11 @@ The run is reopened with :func:`softcal.runs.load.load_run` - the net and prepro
 ``config.yaml``, the weights, classes and temperature from the checkpoint - without touching
 its training data. Files are decoded like an image-folder dataset (converted to the model's
 channels, resized to its size) and preprocessed by the datamodule's own ``preprocess``, so the
-model sees what testing showed it. Probabilities are temperature-scaled when the checkpoint
-carries a fitted temperature; without one they are the raw softmax, and predict says so.
+model sees what testing showed it. Probabilities are calibrated by the method the run stored
+(``--calibrator`` at training: temperature scaling by default, or vector, matrix, histogram or
+isotonic), the same ``Classifier.probabilities`` its calibrated test metrics used; without a
+fitted temperature or calibrator they are the raw softmax, and predict says so. The line
+above the table (and ``"calibration"`` in ``--json``) names what was applied.
 
     python scripts/predict.py --ckpt runs/mnist/version_0 digit.png more_digits/ --top-k 3
 """
@@ -82,8 +85,8 @@ def read_images(files: Sequence[Path], channels: int, size: tuple[int, int]) -> 
 
 @torch.no_grad()
 def predict_probabilities(run: LoadedRun, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """softmax(logits / T) for uint8 images, preprocessed exactly as in training (T = 1 when
-    the run has no fitted temperature)."""
+    """Calibrated probabilities for uint8 images, preprocessed exactly as in training: the
+    run's stored calibrator, else softmax(logits / T) (T = 1 when none was fitted)."""
     out = []
     for chunk in images.split(batch_size):
         x = run.datamodule.preprocess(chunk, train=False)
@@ -114,8 +117,9 @@ def format_predictions(files: Sequence[Path], ranked: Sequence[list[dict[str, An
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = run_argument_parser(
         "predict.py",
-        "Top-k classes with calibrated probabilities (the run's fitted temperature"
-        " applied) for image files, preprocessed as in training.",
+        "Top-k classes with calibrated probabilities (the run's stored calibration applied:"
+        " its fitted temperature, or the --calibrator it was trained with) for image files,"
+        " preprocessed as in training.",
     )
     parser.add_argument("files", nargs="+", metavar="FILE_OR_DIR",
                         help="image files, or folders searched recursively for images")
@@ -141,6 +145,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     report = {
         "checkpoint": str(run.checkpoint),
         "temperature": run.temperature,  # null: not fitted, probabilities uncalibrated
+        "calibration": {"method": run.calibration_method, "description": run.temperature_note()},
         "classes": run.class_names,
         "predictions": [
             {"file": str(path), "top_k": row, "probabilities": probs}

@@ -20,6 +20,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from softcal.apps.cli import SoftcalCLI
+from softcal.calibration.stored import calibration_summary
 from softcal.errors import exit_on_user_error
 from softcal.runs.checkpoints import check_checkpoint_fits, checkpoint_hparams, load_checkpoint
 from softcal.runs.dashboard import finish_dashboard
@@ -76,6 +77,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "dataset": datamodule.name,
         "checkpoint": str(Path(checkpoint).resolve()) if checkpoint else None,
         "temperature": temperature,  # a report: the checkpoint is where T is read from
+        # the method the calibrated metrics used (--calibrator), or None: nothing fitted
+        "calibrator": calibration_summary(temperature, model.stored_calibrator()),
         "run_dir": str(run_dir) if run_dir else None,
         "metrics": {k: float(v) for k, v in sorted(metrics.items())},
     }
@@ -124,7 +127,8 @@ def report(results: dict[str, Any], run_dir: Path | None) -> str:
     checkpoint = results["checkpoint"]
     tested = f"checkpoint {checkpoint}" if checkpoint else "final weights (no checkpoint saved)"
     title = f"{results['dataset']} test set, {tested}"
-    table = format_results(results["metrics"], results["temperature"], title)
+    method = (results.get("calibrator") or {}).get("method")
+    table = format_results(results["metrics"], results["temperature"], title, method=method)
     print("\n" + table)
     if run_dir is not None:
         print(f"\nrun directory: {run_dir}  (tensorboard --logdir {run_dir.parent.parent})")

@@ -14,6 +14,7 @@ import lightning as L
 import torch
 from torchmetrics.classification import MulticlassConfusionMatrix
 
+from softcal.calibration.calibrators import METHODS, Calibrator, make_calibrator
 from softcal.calibration.metrics import TopLabelBins
 from softcal.calibration.temperature import fit_temperature
 
@@ -54,10 +55,22 @@ class TemperatureScaling(_StepOutputs):
     which weights. When a training epoch starts the module is marked "not fitted" again - its
     weights are about to move - so a checkpoint saved mid-epoch says so instead of carrying a
     stale T. Every process fits the same T from the logits of all processes.
+
+    With ``method`` other than ``"temperature"`` (``--calibrator``), that calibrator is fitted
+    too, on the same logits, and stored with ``pl_module.set_calibrator`` under the same rules;
+    T is still fitted and reported, so runs of any method can be compared on it.
     """
+
+    def __init__(self, method: str = "temperature") -> None:
+        super().__init__()
+        if method not in METHODS:
+            raise ValueError(f"unknown calibrator {method!r}; choose one of {', '.join(METHODS)}")
+        self.method = method
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         pl_module.set_temperature(None)
+        if self.method != "temperature":
+            pl_module.set_calibrator(None)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not self._logits:
@@ -69,11 +82,23 @@ class TemperatureScaling(_StepOutputs):
         pl_module.set_temperature(temperature)
         if temperature is not None:  # val/temperature per epoch: how overconfident it grows
             pl_module.log("val/temperature", temperature, sync_dist=False)
+        if self.method != "temperature":
+            pl_module.set_calibrator(fit_stored_calibrator(self.method, logits, labels))
+
+
+def fit_stored_calibrator(method: str, logits: torch.Tensor, labels: torch.Tensor) -> Calibrator | None:
+    """A fitted calibrator of ``method``, or None ("not fitted", like a T that failed) when the
+    logits are not finite or the fit fails: a diverged model stores nothing rather than a
+    broken calibrator."""
+    if len(labels) == 0 or not torch.isfinite(logits).all():
+        return None
+    calibrator = make_calibrator(method, logits.shape[1]).fit(logits.cpu(), labels.cpu())
+    return calibrator if calibrator.fitted else None
 
 
 class CalibrationFigures(L.Callback):
     """Reliability diagram, confidence histogram and confusion matrix in TensorBoard, at the
-    end of every validation and of testing (raw and, at test, temperature-scaled).
+    end of every validation and of testing (raw and, at test, calibrated by the run's method).
 
     Keeps its own per-bin sums and confusion counts (exact, constant in memory, summed across
     processes when drawn) from the logits each step returns. ``finished[stage]`` keeps the last
@@ -103,7 +128,8 @@ class CalibrationFigures(L.Callback):
     def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
                           batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:  # fmt: skip
         self._update("test", pl_module, outputs, calibrated=False)
-        if pl_module.fitted_temperature() is not None:
+        method = getattr(pl_module, "calibration_method", pl_module.fitted_temperature)()
+        if method is not None:
             self._update("test_calibrated", pl_module, outputs, calibrated=True)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -4,6 +4,10 @@
     loss   = cross_entropy(logits, y) the training objective
     probs  = softmax(logits / T)      what every metric and every prediction is computed from
 
+(or, when the run stores another calibrator - ``--calibrator vector`` etc. - that calibrator's
+probabilities; its slot, :class:`softcal.calibration.stored.CalibratorSlot`, travels in every
+checkpoint like T and is empty for the default, temperature scaling).
+
 T is the temperature. It is 1 and marked "not fitted" until a
 :class:`softcal.calibration.callbacks.TemperatureScaling` callback fits it on validation logits;
 both the value and the fitted flag are buffers, so every checkpoint carries them - that is the
@@ -23,7 +27,9 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MetricCollection
 
+from softcal.calibration.calibrators import Calibrator
 from softcal.calibration.metrics import calibration_metrics
+from softcal.calibration.stored import CalibratorSlot
 from softcal.checks import above, at_least, check_options, in_range
 from softcal.data.loader import Batch
 from softcal.errors import NonFiniteLossError
@@ -108,6 +114,7 @@ class Classifier(L.LightningModule):
         self._planned_steps: int | None = None  # a resumed one-cycle schedule's length
         self.register_buffer("temperature", torch.ones(()))
         self.register_buffer("temperature_fitted", torch.zeros((), dtype=torch.bool))
+        self.calibrator = CalibratorSlot()  # another method than T, when the run stores one
         k, bins = num_classes, calibration_bins
         # One MetricCollection per stage ("train" cannot be a ModuleDict key: nn.Module.train).
         self.metrics = nn.ModuleDict({
@@ -127,8 +134,24 @@ class Classifier(L.LightningModule):
         """The fitted T, or None when none was fitted (a fitted T of exactly 1 is a float)."""
         return float(self.temperature) if bool(self.temperature_fitted) else None
 
+    def set_calibrator(self, calibrator: Calibrator | None) -> None:
+        """Store a fitted calibrator of another method than T, or none (None)."""
+        self.calibrator.hold(calibrator)
+
+    def stored_calibrator(self) -> Calibrator | None:
+        return self.calibrator.held
+
+    def calibration_method(self) -> str | None:
+        """The method ``probabilities(calibrated=True)`` applies; None: nothing fitted."""
+        if self.calibrator.held is not None:
+            return self.calibrator.held.method
+        return "temperature" if self.fitted_temperature() is not None else None
+
     def probabilities(self, logits: torch.Tensor, calibrated: bool = True) -> torch.Tensor:
-        """softmax(logits / T); with ``calibrated=False``, or no fitted T, T = 1."""
+        """The stored calibrator's probabilities when there is one, else softmax(logits / T);
+        with ``calibrated=False``, or nothing fitted, the raw softmax (T = 1)."""
+        if calibrated and self.calibrator.held is not None:
+            return self.calibrator(logits)
         logits = logits.float()
         if calibrated:
             logits = logits / self.temperature  # 1 when not fitted

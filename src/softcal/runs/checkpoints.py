@@ -69,7 +69,11 @@ def checkpoint_hparams(ckpt: dict[str, Any], path: str | Path) -> dict[str, Any]
 
 
 def load_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], path: Path) -> None:
-    """load_state_dict, with a mismatch (another net than config.yaml names) as one line."""
+    """load_state_dict, with a mismatch (another net than config.yaml names) as one line.
+
+    A checkpoint without a stored calibrator's key (a temperature-only run, or one written
+    before ``--calibrator`` existed) loads strictly: the Classifier's CalibratorSlot reads a
+    missing key as "none stored" (softcal.calibration.stored)."""
     try:
         model.load_state_dict(state_dict)
     except RuntimeError as err:

@@ -3,8 +3,9 @@
 A run is rebuilt from two files it left behind and nothing else:
 
 * the checkpoint (read with ``weights_only=True``) gives the weights, the temperature (its
-  ``temperature`` / ``temperature_fitted`` buffers) and the data facts the model was built
-  with (classes, channels, image size);
+  ``temperature`` / ``temperature_fitted`` buffers), the stored calibrator when the run chose
+  another method (``calibrator._extra_state``; absent in older checkpoints: none stored) and
+  the data facts the model was built with (classes, channels, image size);
 * ``config.yaml``, the config LightningCLI resolved and saved, gives the net, the datamodule
   (for its preprocessing, class names and splits) and the Trainer settings, with the same
   types and the same ``--data.* / --model.* / --trainer.*`` overrides as training accepts.
@@ -34,6 +35,7 @@ from softcal.runs.files import find_run_dir, resolve_checkpoint
 if TYPE_CHECKING:
     from jsonargparse import ArgumentParser, Namespace
 
+    from softcal.calibration.calibrators import Calibrator
     from softcal.data import ClassificationDataModule
     from softcal.model.module import Classifier
 
@@ -80,6 +82,18 @@ class LoadedRun:
         return self.model.fitted_temperature()
 
     @property
+    def calibrator(self) -> Calibrator | None:
+        """The calibrator the run stored (``--calibrator`` other than temperature), or None:
+        then the probabilities are temperature-scaled (or raw, with no fitted T)."""
+        return self.model.stored_calibrator()
+
+    @property
+    def calibration_method(self) -> str | None:
+        """The method calibrated probabilities use: a stored calibrator's, "temperature", or
+        None when the checkpoint carries nothing fitted (raw softmax)."""
+        return self.model.calibration_method()
+
+    @property
     def class_names(self) -> list[str]:
         names = self.model.hparams.get("class_names")
         return [str(n) for n in names] if names else [str(i) for i in range(self.num_classes)]
@@ -98,7 +112,9 @@ class LoadedRun:
         return size, size
 
     def temperature_note(self) -> str:
-        """How this run's probabilities are scaled, in words for a report line."""
+        """How this run's probabilities are calibrated, in words for a report line."""
+        if self.calibrator is not None:
+            return f"{self.calibrator.describe()}, fitted on the validation split"
         if self.temperature is None:
             return "no fitted temperature: raw softmax, uncalibrated"
         return f"T = {self.temperature:.4f}, fitted on the validation split"

@@ -1,0 +1,302 @@
+"""The calibrator a run stores (``--calibrator``): fitted at validation, carried by every
+checkpoint, and used by the calibrated test metrics, predict and export.
+
+Numbers are checked against implementations written here: vector scaling fitted with scipy's
+L-BFGS-B on a numpy NLL, softmax, NLL and affine logit maps in numpy.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import typing
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import minimize
+
+from softcal.apps.cli import CalibratorName
+from softcal.apps.export import main as export_main
+from softcal.apps.predict import main as predict_main
+from softcal.calibration.calibrators import METHODS, make_calibrator
+from softcal.calibration.stored import calibration_summary
+from softcal.calibration.temperature import collect_logits
+from softcal.errors import SoftcalError
+from softcal.model.module import Classifier
+from softcal.runs.checkpoints import load_weights
+from softcal.runs.load import load_run
+from softcal.runs.results_table import format_results
+from tests.conftest import REPO, TINY, run_script
+
+SLOT_KEY = "calibrator._extra_state"
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _nll(probs: np.ndarray, labels: np.ndarray) -> float:
+    return float(-np.mean(np.log(probs[np.arange(len(labels)), labels])))
+
+
+def _fit_vector_scaling(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Vector scaling, independently: (w, b) minimising the mean NLL of softmax(w * z + b),
+    with the analytic gradient, by scipy's L-BFGS-B in float64."""
+    n, k = logits.shape
+    onehot = np.eye(k)[labels]
+
+    def loss(params: np.ndarray) -> tuple[float, np.ndarray]:
+        w, b = params[:k], params[k:]
+        p = _softmax(logits * w + b)
+        value = -np.mean(np.log(p[np.arange(n), labels]))
+        residual = (p - onehot) / n
+        return value, np.concatenate([(residual * logits).sum(0), residual.sum(0)])
+
+    start = np.concatenate([np.ones(k), np.zeros(k)])
+    result = minimize(loss, start, jac=True, method="L-BFGS-B",
+                      options={"maxiter": 5000, "gtol": 1e-12, "ftol": 1e-15})  # fmt: skip
+    return result.x[:k], result.x[k:]
+
+
+def _split_logits(run_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """The best checkpoint's logits on one split, by collect_logits (no Lightning loop)."""
+    run = load_run(run_dir)
+    run.datamodule.setup("fit" if split == "val" else "test")
+    logits, labels = collect_logits(run.model, [run.datamodule.splits[split]],
+                                    run.datamodule.preprocess, torch.device("cpu"))  # fmt: skip
+    return logits.double().numpy(), labels.numpy()
+
+
+def _random_images(n: int, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8, generator=generator)
+
+
+# ----------------------------------------------------------------------------- no training
+
+
+def test_the_cli_choices_are_the_library_methods():
+    assert typing.get_args(CalibratorName) == METHODS
+
+
+def test_an_unknown_calibrator_is_one_line():
+    from softcal.apps.train import main as train
+
+    with pytest.raises(SoftcalError, match='Parser key "calibrator": Expected a typing.Literal') as caught:
+        train(["--calibrator", "platt"])
+    assert "\n" not in str(caught.value) and "Got value: platt" in str(caught.value)
+
+
+def _fitted(method: str, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, object]:
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 10, (300,), generator=generator)
+    logits = torch.randn(300, 10, generator=generator) + 3 * torch.nn.functional.one_hot(labels, 10)
+    return logits, labels, make_calibrator(method, 10).fit(logits, labels)
+
+
+def test_an_empty_slot_adds_no_state_dict_key_and_a_held_one_round_trips():
+    model = Classifier()
+    assert SLOT_KEY not in model.state_dict(), "a temperature-only checkpoint keeps its old keys"
+    logits, _, calibrator = _fitted("vector")
+    model.set_calibrator(calibrator)
+    state = model.state_dict()
+    assert state[SLOT_KEY]["method"] == "vector"
+    copy = Classifier()
+    copy.load_state_dict(state)
+    assert copy.calibration_method() == "vector"
+    w, b = calibrator.weight.numpy(), calibrator.bias.numpy()
+    want = _softmax(logits.double().numpy() * w + b)
+    np.testing.assert_allclose(copy.probabilities(logits).numpy(), want, atol=1e-6)
+    raw = _softmax(logits.double().numpy())
+    np.testing.assert_allclose(copy.probabilities(logits, calibrated=False).numpy(), raw, atol=1e-6)
+
+
+def test_a_checkpoint_without_the_slot_loads_as_none_stored(tmp_path):
+    model = Classifier()
+    model.set_temperature(1.5)
+    model.set_calibrator(_fitted("matrix")[2])
+    state = model.state_dict()
+    del state[SLOT_KEY]  # what a checkpoint written before --calibrator existed holds
+    fresh = Classifier()
+    fresh.set_calibrator(_fitted("vector")[2])  # loading replaces whatever the model held
+    load_weights(fresh, state, tmp_path / "old.ckpt")
+    assert fresh.stored_calibrator() is None and fresh.calibration_method() == "temperature"
+    logits = torch.randn(5, 10)
+    want = _softmax(logits.double().numpy() / 1.5)
+    np.testing.assert_allclose(fresh.probabilities(logits).numpy(), want, atol=1e-6)
+
+
+def test_results_summary_and_table_header_name_the_method():
+    assert calibration_summary(None, None) is None
+    assert calibration_summary(1.25, None) == {"method": "temperature",
+                                               "description": "temperature scaling, T = 1.2500"}
+    _, _, isotonic = _fitted("isotonic")
+    assert calibration_summary(1.25, isotonic)["method"] == "isotonic"
+    metrics = {"test/acc": 0.5, "test_calibrated/acc": 0.5}
+    assert "calibrated (T = 1.250)" in format_results(metrics, 1.25, "t")
+    assert "calibrated (vector)" in format_results(metrics, 1.25, "t", method="vector")
+    assert "calibrated (isotonic)" in format_results(metrics, 1.25, "t", method="isotonic")
+
+
+# ----------------------------------------------------------------------------- trained runs
+
+
+def _train(root: Path, save_dir: Path, *extra: str) -> dict:
+    from softcal.apps.train import main as train
+
+    return train([
+        "--config", str(REPO / "configs" / "mnist.yaml"), *TINY,
+        "--trainer.limit_train_batches", "8", "--data.init_args.val_size", "200",
+        "--data.init_args.root", str(root), "--trainer.logger.init_args.save_dir", str(save_dir),
+        *extra,
+    ])  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def runs(mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+    """One tiny training per stored method: results.json of each."""
+    return {method: _train(mnist_root, tmp_path_factory.mktemp(method), "--calibrator", method)
+            for method in ("vector", "matrix", "isotonic")}  # fmt: skip
+
+
+@pytest.mark.slow
+def test_vector_run_stores_the_vector_fit_of_its_own_validation_logits(runs):
+    results = runs["vector"]
+    run_dir = Path(results["run_dir"])
+    assert results["calibrator"]["method"] == "vector"
+    assert results["calibrator"]["description"].startswith("vector scaling")
+    assert results["temperature"] is not None, "T is still fitted and reported"
+    saved = json.loads((run_dir / "results.json").read_text())
+    assert saved["calibrator"] == results["calibrator"]
+    for name in (Path(results["checkpoint"]).name, "last.ckpt"):  # every checkpoint carries it
+        state = torch.load(run_dir / "checkpoints" / name, weights_only=True)["state_dict"]
+        assert state[SLOT_KEY]["method"] == "vector"
+    run = load_run(run_dir)
+    assert run.calibration_method == "vector" and run.calibrator.method == "vector"
+    # An independent vector-scaling fit on the best checkpoint's validation logits ...
+    w, b = _fit_vector_scaling(*_split_logits(run_dir, "val"))
+    test_logits, test_labels = _split_logits(run_dir, "test")
+    want = _softmax(test_logits * w + b)
+    # ... gives the probabilities the stored calibrator gives after reloading,
+    with torch.no_grad():
+        got = run.model.probabilities(torch.from_numpy(test_logits).float()).double().numpy()
+    np.testing.assert_allclose(got, want, atol=2e-4)
+    # ... and the test_calibrated metrics are computed with it (not with T).
+    metrics = results["metrics"]
+    assert metrics["test_calibrated/nll"] == pytest.approx(_nll(want, test_labels), abs=1e-4)
+    accuracy = float(np.mean(want.argmax(1) == test_labels))
+    assert metrics["test_calibrated/acc"] == pytest.approx(accuracy, abs=1e-9)
+    t_scaled = _softmax(test_logits / results["temperature"])
+    assert abs(_nll(t_scaled, test_labels) - metrics["test_calibrated/nll"]) > 1e-4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["vector", "isotonic"])
+def test_predict_applies_the_stored_calibrator(method, runs, tmp_path, capsys):
+    from PIL import Image
+
+    run_dir = Path(runs[method]["run_dir"])
+    # Noise, not digits: the generated digits are so easy that every calibration gives them
+    # probabilities of 0 and 1; noise gets in-between ones, where methods differ.
+    images = _random_images(5, seed=5)[:, 0]
+    for i, image in enumerate(images.numpy()):
+        Image.fromarray(image).save(tmp_path / f"digit{i}.png")
+    report = predict_main(["--ckpt", str(run_dir), str(tmp_path)])
+    out = capsys.readouterr().out
+    assert report["calibration"]["method"] == method
+    assert method in out.splitlines()[0]  # the line above the table names what is applied
+    run = load_run(run_dir)
+    with torch.no_grad():
+        logits = run.model(run.datamodule.preprocess(images.unsqueeze(1), train=False))
+    got = np.array([p["probabilities"] for p in report["predictions"]])
+    if method == "vector":  # the stored numbers, applied in numpy
+        w, b = run.calibrator.weight.numpy(), run.calibrator.bias.numpy()
+        want = _softmax(logits.double().numpy() * w + b)
+    else:
+        want = run.calibrator(logits).double().numpy()
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    assert np.abs(got - _softmax(logits.double().numpy() / run.temperature)).max() > 1e-4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["vector", "matrix"])
+def test_onnx_export_carries_vector_and_matrix_scaling(method, runs, tmp_path, capsys):
+    import onnx
+    import onnxruntime
+
+    run_dir = Path(runs[method]["run_dir"])
+    out = export_main(["--ckpt", str(run_dir), "--out", str(tmp_path / "model.onnx")])
+    assert "max |difference|" in capsys.readouterr().out
+    meta = {p.key: json.loads(p.value) for p in onnx.load(str(out)).metadata_props}
+    assert meta["calibration"] == method and method in meta["output"]
+    run = load_run(run_dir)
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    images = _random_images(7, seed=3)
+    (got,) = session.run(None, {"images": (images.float() / 255).numpy()})
+    with torch.no_grad():
+        z = run.model(run.datamodule.preprocess(images, train=False)).double().numpy()
+    w, b = run.calibrator.weight.numpy(), run.calibrator.bias.numpy()
+    want = _softmax(z * w + b if method == "vector" else z @ w.T + b)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_export_refuses_isotonic_in_one_line_and_exports_t_or_raw_on_request(runs, tmp_path, capsys):
+    run_dir = Path(runs["isotonic"]["run_dir"])
+    with pytest.raises(SoftcalError) as caught:
+        export_main(["--ckpt", str(run_dir), "--out", str(tmp_path / "refused.onnx")])
+    message = str(caught.value)
+    assert "\n" not in message and "isotonic" in message
+    assert "--calibrator temperature|vector|matrix" in message and "--calibration temperature" in message
+    assert not (tmp_path / "refused.onnx").exists()
+    proc = run_script("export.py", "--ckpt", str(run_dir), "--out", str(tmp_path / "refused.onnx"))
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    import onnx
+    import onnxruntime
+
+    run = load_run(run_dir)
+    images = _random_images(4, seed=4)
+    with torch.no_grad():
+        z = run.model(run.datamodule.preprocess(images, train=False)).double().numpy()
+    for calibration, want in (("temperature", _softmax(z / run.temperature)), ("none", _softmax(z))):
+        out = export_main(["--ckpt", str(run_dir), "--calibration", calibration,
+                           "--out", str(tmp_path / f"{calibration}.onnx")])  # fmt: skip
+        meta = {p.key: json.loads(p.value) for p in onnx.load(str(out)).metadata_props}
+        assert meta["calibration"] == (None if calibration == "none" else "temperature")
+        session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+        (got,) = session.run(None, {"images": (images.float() / 255).numpy()})
+        np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_default_run_keeps_the_temperature_path(tiny_run):
+    results = json.loads((tiny_run / "results.json").read_text())
+    assert results["calibrator"]["method"] == "temperature"
+    state = torch.load(results["checkpoint"], weights_only=True)["state_dict"]
+    assert SLOT_KEY not in state and float(state["temperature"]) == results["temperature"]
+    run = load_run(tiny_run)
+    assert run.calibrator is None and run.calibration_method == "temperature"
+    test_logits, test_labels = _split_logits(tiny_run, "test")
+    want = _softmax(test_logits / results["temperature"])
+    assert results["metrics"]["test_calibrated/nll"] == pytest.approx(_nll(want, test_labels), abs=1e-4)
+
+
+@pytest.mark.slow
+def test_an_old_checkpoint_without_the_slot_loads_with_temperature(runs, tmp_path):
+    source = Path(runs["vector"]["run_dir"])
+    run_dir = tmp_path / "old_run"
+    shutil.copytree(source, run_dir)
+    best = run_dir / "checkpoints" / Path(runs["vector"]["checkpoint"]).name
+    ckpt = torch.load(best, weights_only=True)
+    del ckpt["state_dict"][SLOT_KEY]
+    torch.save(ckpt, best)
+    run = load_run(best)
+    assert run.calibrator is None and run.calibration_method == "temperature"
+    assert run.temperature == pytest.approx(runs["vector"]["temperature"])
+    z = torch.randn(3, 10)
+    want = _softmax(z.double().numpy() / run.temperature)
+    np.testing.assert_allclose(run.model.probabilities(z).numpy(), want, atol=1e-6)
