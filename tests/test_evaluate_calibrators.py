@@ -239,3 +239,28 @@ def test_bad_calibrators_option_is_one_line(tiny_run: Path, argv: list[str], mes
     with pytest.raises(SoftcalError) as err:
         main([str(tiny_run), *argv])
     assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("case", ["all correct", "all wrong"])
+def test_selective_outputs_of_degenerate_predictions(tiny_run: Path, tmp_path: Path, case: str):
+    """Every prediction right (or wrong): AURC is 0 (or 1), E-AURC 0, and the misclassification
+    AUROC - nothing to separate - is null in selective.json, not a NaN strict JSON cannot hold."""
+    from types import SimpleNamespace
+
+    from softcal.apps.evaluation_analyses import selective_outputs
+
+    labels = torch.arange(40) % 10
+    target = labels if case == "all correct" else (labels + 1) % 10
+    logits = 8 * torch.nn.functional.one_hot(target, 10).float() + torch.linspace(0, 1, 40)[:, None]
+    state = {"run": load_run(tiny_run), "logits": logits, "labels": labels, "selective": {}}
+    evaluation = SimpleNamespace(dataset="MNIST", split="test", checkpoint=Path("x.ckpt"))
+    selective_outputs(evaluation, state, tmp_path)
+    text = (tmp_path / "selective.json").read_text()
+    assert "NaN" not in text
+    saved = json.loads(text)
+    for stage in ("raw", "calibrated"):
+        risk = 0.0 if case == "all correct" else 1.0
+        assert saved[stage]["aurc"] == pytest.approx(risk) and saved[stage]["e_aurc"] == pytest.approx(0.0)
+        assert saved[stage]["risk_at_95"] == pytest.approx(risk)
+        assert saved[stage]["misclassification_auroc"] is None
+    assert (tmp_path / "risk_coverage.png").is_file()

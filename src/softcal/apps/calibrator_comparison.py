@@ -23,15 +23,12 @@ from typing import Any
 
 import torch
 
-from softcal.calibration.calibrators import METHODS, make_calibrator
+# ALL_METHODS_FOR_COMPARISON: the methods a run can store plus unregularised matrix scaling,
+# shown to make the case for regularisation.
+from softcal.calibration.calibrators import ALL_METHODS_FOR_COMPARISON, make_calibrator
 from softcal.calibration.metrics import TopLabelBins, calibration_metrics
 from softcal.errors import SoftcalError
 from softcal.runs.files import atomic_write_bytes, atomic_write_json
-
-try:  # the comparison also shows unregularised matrix scaling, when the library has it
-    from softcal.calibration.calibrators import ALL_METHODS_FOR_COMPARISON
-except ImportError:  # pragma: no cover - an older calibrators module
-    ALL_METHODS_FOR_COMPARISON = METHODS
 
 #: The table's columns: (metric key of calibration_metrics, header, shown as a percentage).
 COLUMNS = (

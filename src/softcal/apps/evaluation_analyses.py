@@ -6,8 +6,7 @@ of :class:`softcal.calibration.selective_callback.SelectivePrediction`, whose nu
 prints among its metrics, and the logits (``state["logits"]``,
 :class:`softcal.runs.split_logits.LogitsCollector`) - so their accuracy is evaluate's accuracy.
 evaluate.py calls :func:`add_arguments`, :func:`check_arguments` (before any checkpoint is
-loaded: a bad option costs a second, not a test run) and :func:`analyse`. Torch is imported
-only by the analyses, so a bad path is still reported before it loads.
+loaded: a bad option costs a second, not a test run) and :func:`analyse`.
 """
 
 from __future__ import annotations
@@ -85,7 +84,8 @@ def selective_outputs(evaluation: Any, state: dict[str, Any], out_dir: Path) -> 
     for stage, name in (("raw", "test"), ("calibrated", "test_calibrated")):
         pair = kept.get(name) or _confidence_and_correct(state, model, stage == "calibrated")
         confidence, correct = pair["confidence"], pair["correct"]
-        reports[stage] = {"label": labels[stage], **selective_report(confidence, correct)}
+        report = selective_report(confidence, correct)  # NaN AUROC (all right or all wrong): null
+        reports[stage] = {"label": labels[stage], **{k: None if v != v else v for k, v in report.items()}}
         curve_name = f"{labels[stage]}, AURC {100 * reports[stage]['aurc']:.3f}%"
         curves[curve_name] = risk_coverage_curve(confidence, correct)
     n = len(state["labels"])

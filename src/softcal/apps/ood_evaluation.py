@@ -28,7 +28,7 @@ from softcal.apps.ood_sets import OODSet, OODSpec, load_ood_set
 from softcal.calibration.ood import SCORES, detection_metrics, ood_scores
 from softcal.runs.files import atomic_write_bytes, atomic_write_json
 
-#: The table's columns: (metric key of detection_metrics, header, lower is better).
+#: The table's columns: (metric key of detection_metrics, header).
 COLUMNS = (("auroc", "AUROC"), ("aupr_in", "AUPR-in"), ("aupr_out", "AUPR-out"),
            ("fpr_at_95_tpr", "FPR@95%TPR"))  # fmt: skip
 
