@@ -300,3 +300,18 @@ def test_an_old_checkpoint_without_the_slot_loads_with_temperature(runs, tmp_pat
     z = torch.randn(3, 10)
     want = _softmax(z.double().numpy() / run.temperature)
     np.testing.assert_allclose(run.model.probabilities(z).numpy(), want, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_evaluate_scores_with_the_stored_calibrator(runs, tmp_path, capsys):
+    from softcal.apps.evaluate import main as evaluate_main
+
+    results = runs["vector"]
+    (evaluation,) = evaluate_main([str(results["run_dir"]), "--out", str(tmp_path / "eval")])
+    out = capsys.readouterr().out
+    assert evaluation.calibration_method == "vector" and "calibrated (vector)" in out
+    for name in ("acc", "nll", "ece"):  # the same checkpoint, the same calibrator as training's test
+        key = f"test_calibrated/{name}"
+        assert evaluation.metrics[key] == pytest.approx(results["metrics"][key], abs=1e-6)
+    saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert saved["calibration_method"] == "vector"

@@ -60,6 +60,8 @@ class Evaluation:
     temperature: float | None  # None: the checkpoint carries no fitted temperature (T = 1)
     metrics: dict[str, float]
     class_names: list[str] = field(default_factory=list)
+    #: what the calibrated metrics used: "temperature", the run's stored --calibrator, or None
+    calibration_method: str | None = None
     out_dir: Path | None = None
     files: list[Path] = field(default_factory=list)
 
@@ -112,6 +114,7 @@ def evaluate_checkpoint(
         temperature=run.temperature,
         metrics={key_for_split(k, split): float(v) for k, v in sorted(metrics.items())},
         class_names=run.class_names,
+        calibration_method=run.calibration_method,
     )
     raw = drawn.finished["test"]
     calibrated = drawn.finished.get("test_calibrated", raw)  # T = 1 when none is fitted
@@ -145,16 +148,18 @@ def write_outputs(
             "split": evaluation.split,
             "overrides": list(overrides),
             "temperature": evaluation.temperature,
+            "calibration_method": evaluation.calibration_method,
             # Summed over processes: equals the split's size exactly once every sample was
             # seen once (none dropped, none duplicated by a distributed sampler).
             "num_samples": int(state["raw"]["count"].sum()),
             "metrics": evaluation.metrics,
         })
     ]  # fmt: skip
-    t = evaluation.temperature
+    t, method = evaluation.temperature, evaluation.calibration_method
+    calibrated_label = f"T = {t:.3f}" if t is not None else "no fitted T: T = 1"
     for stage, suffix, label in (
         ("raw", "", "T = 1"),
-        ("calibrated", "_calibrated", f"T = {t:.3f}" if t is not None else "no fitted T: T = 1"),
+        ("calibrated", "_calibrated", calibrated_label if method in (None, "temperature") else method),
     ):
         title = f"{name}\n{where}, {label}"  # two lines: the figure is narrow
         fig = figures.reliability_diagram(**state[stage], title=title)
@@ -264,7 +269,7 @@ def results_table(e: Evaluation) -> str:
     from softcal.runs.results_table import format_results
 
     title = f"{e.dataset} {e.split} split, checkpoint {e.checkpoint}"
-    return format_results(e.metrics, e.temperature, title, split=e.split)
+    return format_results(e.metrics, e.temperature, title, split=e.split, method=e.calibration_method)
 
 
 def _label(path: str | Path, evaluation: Evaluation) -> str:
