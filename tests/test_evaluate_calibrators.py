@@ -267,3 +267,28 @@ def test_selective_outputs_of_degenerate_predictions(tiny_run: Path, tmp_path: P
         assert saved[stage]["risk_at_95"] == pytest.approx(risk)
         assert saved[stage]["misclassification_auroc"] is None
     assert (tmp_path / "risk_coverage.png").is_file()
+
+
+def test_selective_outputs_with_errors_equal_numpy(tiny_run: Path, tmp_path: Path):
+    """The tiny run gets every test image right; here logits with ~9% errors and tied
+    confidences go through selective_outputs' own path (no callback pairs: from the logits)."""
+    from types import SimpleNamespace
+
+    from softcal.apps.evaluation_analyses import selective_outputs
+
+    generator = torch.Generator().manual_seed(3)
+    labels = torch.randint(0, 10, (300,), generator=generator)
+    logits = (torch.randn((300, 10), generator=generator)
+              + 3 * torch.nn.functional.one_hot(labels, 10)).round(decimals=1)  # fmt: skip
+    logits[200:] = logits[100:200]  # tied confidences, right for some rows and wrong for others
+    run = load_run(tiny_run)
+    state = {"run": run, "logits": logits, "labels": labels, "selective": {}}
+    evaluation = SimpleNamespace(dataset="MNIST", split="test", checkpoint=Path("x.ckpt"))
+    selective_outputs(evaluation, state, tmp_path)
+    saved = json.loads((tmp_path / "selective.json").read_text())
+    for stage, t in (("raw", 1.0), ("calibrated", run.temperature)):
+        probs = np_softmax(logits.numpy(), t).astype(np.float32)
+        correct = (probs.argmax(axis=1) == labels.numpy()).astype(np.float64)
+        assert 0.5 < correct.mean() < 0.95  # errors to rank
+        for name, value in np_selective(probs.max(axis=1).astype(np.float64), correct).items():
+            assert saved[stage][name] == pytest.approx(value, abs=1e-6), (stage, name)
