@@ -129,6 +129,17 @@ def test_a_checkpoint_without_the_slot_loads_as_none_stored(tmp_path):
     np.testing.assert_allclose(fresh.probabilities(logits).numpy(), want, atol=1e-6)
 
 
+@pytest.mark.parametrize("method", ["temperature", "vector"])
+def test_a_training_epoch_marks_any_stored_calibrator_stale(method):
+    from softcal.calibration.callbacks import TemperatureScaling
+
+    model = Classifier()
+    model.set_temperature(1.5)
+    model.set_calibrator(_fitted("matrix")[2])  # e.g. restored from a run resumed with another method
+    TemperatureScaling(method).on_train_epoch_start(None, model)
+    assert model.stored_calibrator() is None and model.calibration_method() is None
+
+
 def test_results_summary_and_table_header_name_the_method():
     assert calibration_summary(None, None) is None
     assert calibration_summary(1.25, None) == {"method": "temperature",

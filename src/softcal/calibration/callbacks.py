@@ -69,8 +69,8 @@ class TemperatureScaling(_StepOutputs):
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         pl_module.set_temperature(None)
-        if self.method != "temperature":
-            pl_module.set_calibrator(None)
+        if hasattr(pl_module, "set_calibrator"):  # also a calibrator restored from a run resumed
+            pl_module.set_calibrator(None)       # with another --calibrator: it is stale too
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not self._logits:
