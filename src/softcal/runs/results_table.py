@@ -35,6 +35,10 @@ def format_results(results: dict[str, float], temperature: float | None, title: 
         cal = results.get(f"{split}_calibrated/{name}", math.nan)
         percent = name.startswith("acc") or "ece" in name or name in PERCENT_ROWS
         digits = 3 if name in FINE_ROWS else 2
-        fmt = (lambda v: f"{100 * v:.{digits}f}%") if percent else (lambda v: f"{v:.4f}")
-        lines.append(f"{name:<{width}}{fmt(raw):>15}{fmt(cal) if not math.isnan(cal) else '':>26}")
+        cells = [_cell(v, percent, digits) for v in (raw, cal)]
+        lines.append(f"{name:<{width}}{cells[0]:>15}{cells[1] if not math.isnan(cal) else '':>26}")
     return "\n".join(lines)
+
+
+def _cell(value: float, percent: bool, digits: int) -> str:
+    return f"{100 * value:.{digits}f}%" if percent else f"{value:.4f}"
