@@ -47,9 +47,11 @@ SHOWN = ("dataset", "net", "lr", "epochs", "seed")
 
 #: Metric columns: scalar tags in the run's own event files (the last value is shown).
 #: test/* and test_calibrated/* are what Lightning logs at test; final/* are the dashboard's.
+#: Table order: raw next to calibrated, ECE and NLL first (a window shows about five metrics).
 METRICS: tuple[str, ...] = (
-    *(f"{stage}/{name}" for stage in ("test", "test_calibrated") for name in ("acc", "ece", "nll", "brier")),
-    "final/temperature", "final/best_epoch", "final/wall_time_s",
+    "test/ece", "test_calibrated/ece", "test/nll", "test_calibrated/nll", "final/temperature",
+    "test/acc", "test_calibrated/acc", "test/brier", "test_calibrated/brier",
+    "final/best_epoch", "final/wall_time_s",
 )  # fmt: skip
 
 
