@@ -164,8 +164,9 @@ def write_outputs(
         title = f"{name}\n{where}, {label}"  # two lines: the figure is narrow
         fig = figures.reliability_diagram(**state[stage], title=title)
         files.append(figures.save_png(fig, out_dir / f"reliability_diagram{suffix}.png"))
-    # Dividing by T > 0 never changes the predicted class: one confusion matrix serves both.
-    title = f"Confusion matrix, {where}, {name}"
+    # The raw predictions' matrix: T never changes a predicted class, but a stored vector or
+    # matrix calibrator can, so the picture says which predictions it counts.
+    title = f"Confusion matrix, {where}, {name}, raw softmax"
     fig = figures.confusion_matrix_figure(state["confusion"], evaluation.class_names, title)
     files.append(figures.save_png(fig, out_dir / "confusion_matrix.png"))
     return files
