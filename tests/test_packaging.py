@@ -91,7 +91,9 @@ def test_packaged_configs_are_the_checkouts_configs() -> None:
         assert (packaged_configs_dir() / path.name).read_bytes() == path.read_bytes()
 
 
-@pytest.mark.parametrize("name", ["configs/cifar10.yaml", "cifar10.yaml", "./configs/cifar10.yaml"])
+@pytest.mark.parametrize(
+    "name", ["configs/cifar10.yaml", "cifar10.yaml", "./configs/cifar10.yaml", "cifar10"]
+)
 def test_config_names_resolve_from_any_directory(name: str, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)  # no configs/ here
     path = resolve_config(name)
@@ -110,7 +112,7 @@ def test_an_existing_file_wins_over_the_packaged_config(tmp_path: Path, monkeypa
     assert resolve_config(str(own)) == own
 
 
-@pytest.mark.parametrize("name", ["nope.yaml", "configs/nope.yaml"])
+@pytest.mark.parametrize("name", ["nope.yaml", "configs/nope.yaml", "nope"])
 def test_unknown_config_is_one_line_error_naming_the_choices(name: str, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SoftcalError) as info:

@@ -42,17 +42,20 @@ def resolve_config(name_or_path: str) -> Path:
 
     An existing file is used as given, so a user's own config (or an edited copy of a packaged
     one, even one called ``configs/mnist.yaml``) wins. Otherwise a bare file name
-    (``cifar10.yaml``) or one under ``configs/`` (``configs/cifar10.yaml``, as the README writes
-    it) is the packaged config of that name, so the README's commands work from any directory.
+    (``cifar10.yaml``, or just ``cifar10``) or one under ``configs/`` (``configs/cifar10.yaml``,
+    as the README writes it) is the packaged config of that name, so the README's commands work
+    from any directory.
     Any other missing path is an error rather than a silent substitute.
     """
     given = Path(name_or_path).expanduser()
     if given.is_file():
         return given
     if given.parent in (Path(), Path("configs")):
-        packaged = packaged_configs_dir() / given.name
-        if packaged.is_file():
-            return packaged
+        # "cifar10" means cifar10.yaml, as evaluate's --ood fashion_mnist does
+        for name in (given.name, f"{given.name}.yaml") if given.suffix != ".yaml" else (given.name,):
+            packaged = packaged_configs_dir() / name
+            if packaged.is_file():
+                return packaged
     raise SoftcalError(
         f"config {name_or_path} not found: no such file here, and the packaged configs are"
         f" {', '.join(available_configs())} (in {packaged_configs_dir()})"
