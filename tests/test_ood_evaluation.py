@@ -229,6 +229,8 @@ def _write(path: Path, text: str) -> Path:
      "nodata.yaml: the config has no data section; pass a datamodule config"),
     (lambda tmp: _write(tmp / "broken.yaml", "data: [unclosed\n"),
      "broken.yaml: not a readable YAML config (while parsing a flow sequence)"),
+    (lambda tmp: (tmp / "picture.png").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe") and tmp / "picture.png",
+     "picture.png: not a readable YAML config ("),  # a file, not a folder: not text at all
     (lambda tmp: _write(tmp / "bad.yaml", "data:\n  class_path: softcal.data.NoSuchModule\n"),
      "bad.yaml: the config cannot build its datamodule ("),
     (lambda tmp: (tmp / "empty").mkdir() or _write(tmp / "empty" / "a.txt", "x").parent,

@@ -90,6 +90,30 @@ def test_an_unknown_calibrator_is_one_line():
     assert "\n" not in str(caught.value) and "Got value: platt" in str(caught.value)
 
 
+def test_a_calibrator_without_calibration_is_one_line(tmp_path):
+    from softcal.apps.train import main as train
+
+    message = "--calibrator vector needs --calibrate true: with --calibrate false no calibrator is fitted"
+    with pytest.raises(SoftcalError, match=message):
+        train(["--calibrate", "false", "--calibrator", "vector",
+               "--trainer.logger.init_args.save_dir", str(tmp_path)])  # fmt: skip
+    assert not any(tmp_path.iterdir()), "refused before any run directory was made"
+
+
+def test_the_stored_calibrator_computes_in_float32_under_bf16_autocast():
+    """Lightning runs test_step under autocast with bf16-mixed (configs/cifar10.yaml): the
+    calibrated metrics must be the float32 numbers predict and export give, not a bf16 matmul's."""
+    from softcal.calibration.stored import CalibratorSlot
+
+    logits, labels, calibrator = _fitted("matrix")
+    slot = CalibratorSlot()
+    slot.hold(calibrator)
+    expected = calibrator(5 * logits)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = slot(5 * logits)
+    assert got.dtype == torch.float32 and torch.equal(got, expected)
+
+
 def _fitted(method: str, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, object]:
     generator = torch.Generator().manual_seed(seed)
     labels = torch.randint(0, 10, (300,), generator=generator)

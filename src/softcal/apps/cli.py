@@ -118,6 +118,13 @@ class SoftcalCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         """Resolve ``--ckpt_path`` so a resumed run writes into its own run directory, and the
         data root, so the saved config.yaml names the data actually used (not ``null``)."""
+        calibrator = self.config.get("calibrator") or "temperature"
+        if not self.config.get("calibrate", True) and calibrator != "temperature":
+            # Nothing would be fitted, and the run's HPARAMS row would name a method it never used.
+            raise SoftcalError(
+                f"--calibrator {calibrator} needs --calibrate true: with --calibrate false no"
+                " calibrator is fitted; drop one of the two options"
+            )
         self.resume_path = resolve_resume(self.config.get("ckpt_path"), self.config.trainer.get("logger"))
         if self.config.get("keep_freed_memory", True):
             keep_freed_memory()  # before the datasets and the net allocate anything

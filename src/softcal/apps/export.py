@@ -27,6 +27,8 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
+import secrets
 import sys
 import warnings
 from collections.abc import Sequence
@@ -147,14 +149,16 @@ def export_onnx(module: ProbabilityModel, example: torch.Tensor, path: Path,
 
     batch = torch.export.Dim("batch", min=1)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with torch.no_grad():
-        torch.onnx.export(
-            module, (example,), str(tmp), dynamo=True, external_data=False, verbose=False,
-            input_names=["images"], output_names=["probabilities"],
-            dynamic_shapes={"images": {0: batch}},
-        )  # fmt: skip
+    # The exporter writes a file of its own: a unique name beside the target, removed whether
+    # the export, or reading it back, succeeds or fails part-way (e.g. on a full disk).
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
+        with torch.no_grad():
+            torch.onnx.export(
+                module, (example,), str(tmp), dynamo=True, external_data=False, verbose=False,
+                input_names=["images"], output_names=["probabilities"],
+                dynamic_shapes={"images": {0: batch}},
+            )  # fmt: skip
         proto = onnx.load(str(tmp))
     finally:
         tmp.unlink(missing_ok=True)

@@ -43,6 +43,11 @@ class Detection:
     scores_in: dict[str, torch.Tensor] = field(repr=False)
     scores_out: dict[str, torch.Tensor] = field(repr=False)
 
+    @property
+    def num_scored(self) -> int:
+        """OOD images scored: fewer than were made when the run's Trainer limits test batches."""
+        return len(self.scores_out[SCORES[0]])
+
 
 def detect(logits_in: torch.Tensor, logits_out: torch.Tensor, temperature: float | None,
            ood: OODSet) -> Detection:  # fmt: skip
@@ -71,7 +76,7 @@ def _rows(detection: Detection, temperature: float | None) -> list[tuple[str, st
 
 
 def set_title(detection: Detection, in_name: str, n_in: int) -> str:
-    return f"OOD detection: {in_name} ({n_in}) vs {detection.ood.name} ({len(detection.ood.images)})"
+    return f"OOD detection: {in_name} ({n_in}) vs {detection.ood.name} ({detection.num_scored})"
 
 
 def text_table(detection: Detection, temperature: float | None, in_name: str, n_in: int) -> str:
@@ -103,7 +108,7 @@ def write_detections(detections: Sequence[Detection], out_dir: Path, about: dict
 
     n_in = int(about["in_distribution"]["num_images"])
     record = {**about, "temperature": temperature, "sets": [
-        {"name": d.ood.name, "spec": d.ood.spec, "num_images": len(d.ood.images), "notes": d.ood.notes,
+        {"name": d.ood.name, "spec": d.ood.spec, "num_images": d.num_scored, "notes": d.ood.notes,
          **d.results} for d in detections]}  # fmt: skip
     markdown = "\n".join(markdown_table(d, temperature, in_name, n_in) for d in detections)
     files = [atomic_write_json(out_dir / "ood.json", record),

@@ -157,7 +157,7 @@ def config_datamodule(spec: OODSpec) -> Any:
     where = f"--ood {spec.text}" + ("" if str(spec.path) == spec.text else f" ({spec.path})")
     try:
         data = (yaml.safe_load(spec.path.read_text()) or {}).get("data")
-    except (OSError, yaml.YAMLError, AttributeError) as err:
+    except (OSError, ValueError, yaml.YAMLError, AttributeError) as err:  # ValueError: not text
         raise SoftcalError(f"{where}: not a readable YAML config ({_first_line(err)})") from err
     if not data:
         raise SoftcalError(f"{where}: the config has no data section; pass a datamodule config")

@@ -45,7 +45,11 @@ class CalibratorSlot(nn.Module):
         held = self.held
         if held is None:
             raise RuntimeError("no calibrator is stored; check slot.held first")
-        return held.to(logits.device)(logits.float()).to(logits.device)
+        # Outside autocast: under bf16-mixed a matrix calibrator's matmul would run in bf16
+        # (changing up to 1% of a probability, and some predicted classes), while predict,
+        # export and evaluate's comparison compute it in float32.
+        with torch.autocast(logits.device.type, enabled=False):
+            return held.to(logits.device)(logits.float())
 
     def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
         # Only a held calibrator writes a key: an empty slot leaves the state_dict as it was.
