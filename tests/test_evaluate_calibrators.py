@@ -147,6 +147,34 @@ def test_split_logits_are_the_logits_evaluate_scores(tiny_run: Path, logits, com
             assert ours[name] == pytest.approx(trained["metrics"][f"{stage}/{name}"], abs=1e-5)
 
 
+def test_validation_logits_are_a_forward_pass_over_held_out_training_images(tiny_run: Path, mnist_root: Path,
+                                                                           logits):  # fmt: skip
+    """The "val" logits the calibrators fit on are the model's own outputs on the validation
+    images (one plain forward pass, outside any Trainer), and those images are training-file
+    images that are neither trained on nor among the test images."""
+    run = load_run(tiny_run)
+    run.datamodule.setup("fit")
+    run.datamodule.setup("test")
+    images, labels = run.datamodule.splits["val"]
+    with torch.no_grad():
+        plain = run.model.cpu().eval()(run.datamodule.preprocess(images)).float()
+    val_logits, val_labels = logits["val"]
+    assert torch.equal(val_labels, labels) and len(labels) == 100
+    np.testing.assert_allclose(val_logits.numpy(), plain.numpy(), rtol=1e-5, atol=1e-5)
+    assert float(plain.std()) > 0.1  # not a constant output that would match anything
+    # The images, read from the IDX files here (16-byte header, then 28x28 bytes per image).
+    raw = mnist_root / "MNIST" / "raw"
+    train_file = np.frombuffer((raw / "train-images-idx3-ubyte").read_bytes()[16:], np.uint8).reshape(-1, 784)
+    test_file = np.frombuffer((raw / "t10k-images-idx3-ubyte").read_bytes()[16:], np.uint8).reshape(-1, 784)
+    val_rows = {row.tobytes() for row in images.reshape(len(images), -1).numpy()}
+    assert len(val_rows) == 100  # 100 distinct images
+    assert val_rows <= {row.tobytes() for row in train_file}
+    assert not val_rows & {row.tobytes() for row in test_file}
+    trained_on = run.datamodule.splits["train"][0]
+    assert not val_rows & {row.tobytes() for row in trained_on.reshape(len(trained_on), -1).numpy()}
+    assert len(trained_on) + len(images) == len(train_file)
+
+
 def test_calibrators_are_fitted_on_validation_only(logits, compared):
     _, calls, _ = compared
     (val_logits, val_labels), (test_logits, _) = logits["val"], logits["test"]
@@ -168,6 +196,9 @@ def test_calibrator_table_equals_a_numpy_recomputation(logits, compared):
     assert saved["scored_on"] == {"split": "test", "num_samples": 200}
     test_logits, test_labels = logits["test"]
     expected = {"uncalibrated": np_softmax(test_logits.numpy()).astype(np.float32)}
+    # The tiny run's test set is separated perfectly (accuracy 1, calibrated NLL 0): this checks
+    # the table's metrics of the fitted maps' probabilities, and nothing about the fits. The fits
+    # are checked against scipy/sklearn/numpy in test_compare_calibrators_on_miscalibrated_logits...
     for method, calibrator in calls["calibrators"].items():
         with torch.no_grad():
             expected[method] = calibrator(test_logits).numpy()
@@ -292,3 +323,156 @@ def test_selective_outputs_with_errors_equal_numpy(tiny_run: Path, tmp_path: Pat
         assert 0.5 < correct.mean() < 0.95  # errors to rank
         for name, value in np_selective(probs.max(axis=1).astype(np.float64), correct).items():
             assert saved[stage][name] == pytest.approx(value, abs=1e-6), (stage, name)
+
+
+# ----------------------------------------------------------------------------- seeded logits, no run
+# The tiny run gets every test image right (ECE and NLL 0 after calibration), so its table cannot
+# tell one calibrator from another. Here compare_calibrators runs on overconfident logits with
+# ~25% errors, unequal class frequencies, rows repeated exactly and top logits tied within rows,
+# and every row is checked against probabilities built in this file with scipy/numpy/sklearn.
+
+
+def np_nll_and_grad(scores: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
+    """Mean NLL of softmax(scores) and its gradient with respect to the scores."""
+    n = len(labels)
+    shifted = scores - scores.max(axis=1, keepdims=True)
+    log_norm = np.log(np.exp(shifted).sum(axis=1))
+    nll = float((log_norm - shifted[np.arange(n), labels]).mean())
+    grad = np.exp(shifted - log_norm[:, None])
+    grad[np.arange(n), labels] -= 1.0
+    return nll, grad / n
+
+
+def sp_temperature(z: np.ndarray, y: np.ndarray) -> float:
+    from scipy.optimize import minimize_scalar
+
+    fit = minimize_scalar(lambda log_t: np_nll_and_grad(z / np.exp(log_t), y)[0],
+                          bounds=(math.log(1e-2), math.log(1e2)), method="bounded",
+                          options={"xatol": 1e-10})  # fmt: skip
+    return float(np.exp(fit.x))
+
+
+def sp_affine(z: np.ndarray, y: np.ndarray, matrix: bool, lambda_od: float = 0.0,
+              lambda_b: float = 0.0) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """(W or w, b) minimising mean NLL + lambda_od/(K(K-1)) sum_{i!=j} W_ij^2 + lambda_b/K sum b^2,
+    by scipy BFGS from the identity (not from the code's 1/T start)."""
+    from scipy.optimize import minimize
+
+    k = z.shape[1]
+    shape = (k, k) if matrix else (k,)
+    off = 1.0 - np.eye(k)
+
+    def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        w, b = theta[:-k].reshape(shape), theta[-k:]
+        scores = (z @ w.T if matrix else z * w) + b
+        loss, g = np_nll_and_grad(scores, y)
+        grad_w = g.T @ z if matrix else (g * z).sum(axis=0)
+        grad_b = g.sum(axis=0)
+        if matrix:
+            loss += lambda_od / (k * (k - 1)) * ((w * off) ** 2).sum()
+            grad_w = grad_w + 2 * lambda_od / (k * (k - 1)) * w * off
+        loss += lambda_b / k * (b**2).sum()
+        return loss, np.concatenate([grad_w.ravel(), grad_b + 2 * lambda_b / k * b])
+
+    start = np.concatenate([(np.eye(k) if matrix else np.ones(k)).ravel(), np.zeros(k)])
+    fit = minimize(objective, start, jac=True, method="BFGS", options={"gtol": 1e-10, "maxiter": 20000})
+    return fit.x[:-k].reshape(shape), fit.x[-k:]
+
+
+def np_renormalise(mapped: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    total = mapped.sum(axis=1, keepdims=True)
+    return np.where(total > 0, mapped / np.where(total > 0, total, 1.0), probs)
+
+
+def np_histogram(p_val: np.ndarray, y: np.ndarray, p_test: np.ndarray, bins: int = BINS) -> np.ndarray:
+    """One-vs-rest histogram binning: a bin's value is the fraction of validation rows in it
+    labelled k; an empty bin keeps its centre; rows renormalised."""
+    mapped = np.empty_like(p_test)
+    for k in range(p_val.shape[1]):
+        val_bin = np.minimum((p_val[:, k] * bins).astype(np.int64), bins - 1)
+        test_bin = np.minimum((p_test[:, k] * bins).astype(np.int64), bins - 1)
+        for j in range(bins):
+            inside = val_bin == j
+            value = (y[inside] == k).mean() if inside.any() else (j + 0.5) / bins
+            mapped[test_bin == j, k] = value
+    return np_renormalise(mapped, p_test)
+
+
+def sk_isotonic(p_val: np.ndarray, y: np.ndarray, p_test: np.ndarray) -> np.ndarray:
+    from sklearn.isotonic import IsotonicRegression
+
+    mapped = np.stack([
+        IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip")
+        .fit(p_val[:, k], (y == k).astype(np.float64)).predict(p_test[:, k])
+        for k in range(p_val.shape[1])
+    ], axis=1)  # fmt: skip
+    return np_renormalise(mapped, p_test)
+
+
+def miscalibrated(n: int, seed: int, k: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Overconfident float32 logits with errors, exact repeats and within-row ties."""
+    rng = np.random.default_rng(seed)
+    labels = rng.choice(k, size=n, p=[0.35, 0.25, 0.2, 0.12, 0.08])
+    logits = 3.0 * (rng.normal(size=(n, k)) + 1.8 * np.eye(k)[labels]) + np.linspace(0.5, -0.5, k)
+    logits = np.round(logits, 1)  # many equal values across rows: ties in every binned quantity
+    logits[n // 2 : n // 2 + n // 10] = logits[: n // 10]  # rows repeated exactly, labels may differ
+    top = logits.argmax(axis=1)
+    for i in range(0, n, 17):  # ties within a row: the runner-up raised to the top logit
+        logits[i, (top[i] + 1) % k] = logits[i, top[i]]
+    return torch.tensor(logits, dtype=torch.float32), torch.tensor(labels)
+
+
+def expected_probabilities(val, test, fitted: dict) -> dict[str, np.ndarray]:
+    """Every method's test probabilities, computed independently of softcal (the ODIR lambdas
+    are the only thing taken from the code: its cross-validated choice)."""
+    (zv, yv), (zt, _) = [(x.double().numpy(), y.numpy()) for x, y in (val, test)]
+    p_val, p_test = np_softmax(zv), np_softmax(zt)
+    w, b = sp_affine(zv, yv, matrix=False)
+    expected = {"uncalibrated": np_softmax(zt), "temperature": np_softmax(zt, sp_temperature(zv, yv)),
+                "vector": np_softmax(zt * w + b), "histogram": np_histogram(p_val, yv, p_test),
+                "isotonic": sk_isotonic(p_val, yv, p_test)}  # fmt: skip
+    lambdas = {"matrix": (fitted["matrix"].lambda_od, fitted["matrix"].lambda_b),
+               "matrix_unregularised": (0.0, 0.0)}  # fmt: skip
+    for method, (lambda_od, lambda_b) in lambdas.items():
+        w, b = sp_affine(zv, yv, True, lambda_od, lambda_b)
+        expected[method] = np_softmax(zt @ w.T + b)
+    return expected
+
+
+def test_compare_calibrators_on_miscalibrated_logits_equals_independent_fits():
+    from softcal.calibration.affine_fit import LAMBDA_GRID
+
+    val, test = miscalibrated(400, seed=1), miscalibrated(300, seed=2)
+    fitted: dict = {}
+    real = calibrator_comparison.make_calibrator
+
+    def keeping(method: str, num_classes: int):
+        fitted[method] = real(method, num_classes)
+        return fitted[method]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(calibrator_comparison, "make_calibrator", keeping)
+        rows = calibrator_comparison.compare_calibrators(ALL_METHODS_FOR_COMPARISON, val, test)
+    assert [row.method for row in rows] == ["uncalibrated", *ALL_METHODS_FOR_COMPARISON]
+    assert fitted["matrix"].lambda_od in LAMBDA_GRID and fitted["matrix"].lambda_b in LAMBDA_GRID
+    expected = expected_probabilities(val, test, fitted)
+    labels = test[1].numpy()
+    raw = np_metrics(expected["uncalibrated"].astype(np.float32), labels)
+    assert 0.6 < raw["acc"] < 0.85 and raw["ece"] > 0.05  # errors, and miscalibrated
+    for row in rows:
+        probs = expected[row.method]
+        if row.method != "uncalibrated":  # the fitted map itself, on the test logits
+            with torch.no_grad():
+                got = fitted[row.method](test[0]).double().numpy()
+            np.testing.assert_allclose(got, probs, rtol=0, atol=2e-5, err_msg=row.method)
+        ours = np_metrics(probs.astype(np.float32), labels)
+        for name, value in ours.items():
+            assert row.metrics[name] == pytest.approx(value, abs=1e-5), (row.method, name)
+        # The reliability diagram's bins: counts and sums of the top label, per bin.
+        confidence = probs.max(axis=1)
+        index = np.minimum((confidence * BINS).astype(np.int64), BINS - 1)
+        correct = (probs.argmax(axis=1) == labels).astype(np.float64)
+        np.testing.assert_array_equal(row.bins["count"].numpy(), np.bincount(index, minlength=BINS))
+        for key, values in (("confidence_sum", confidence), ("correct_sum", correct)):
+            want = np.bincount(index, weights=values, minlength=BINS)
+            np.testing.assert_allclose(row.bins[key].double().numpy(), want, atol=1e-4, err_msg=key)
