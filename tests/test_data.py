@@ -8,6 +8,7 @@ with the same seed gives the expected tensors without going through any reader u
 from __future__ import annotations
 
 import gzip
+import re
 import shutil
 import subprocess
 import sys
@@ -236,7 +237,10 @@ def test_download_fetches_both_splits_only_when_files_are_missing(tmp_path, mnis
     dm = MNISTDataModule(root=str(tmp_path))
     dm.prepare_data()
     assert fake.calls == [(str(tmp_path), True, True), (str(tmp_path), False, True)]
-    with pytest.raises(DataError, match=r"\(not downloaded by this process\)"):
+    with pytest.raises(DataError, match=re.escape(
+        "-ubyte[.gz] (not downloaded by this process). Put the files there, or point data.root /"
+        " SOFTCAL_DATA_ROOT at a folder that has them."
+    )):
         dm.setup("fit")  # the fake "succeeded" without writing anything
 
 
@@ -284,15 +288,23 @@ def test_a_corrupt_cifar_pickle(tmp_path, cifar10_root):
 
 
 def test_a_missing_image_folder(tmp_path):
-    with pytest.raises(DataError, match=r"image folder .*nothing/train not found; it must hold one"):
+    with pytest.raises(DataError) as err:
         ImageFolderDataModule(folder=str(tmp_path / "nothing")).setup("fit")
+    assert str(err.value) == (
+        f"image folder {tmp_path}/nothing/train not found; it must hold one sub-folder per class (e.g."
+        " train/cat/*.png) - set data.init_args.folder or SOFTCAL_DATA_ROOT"
+    )
 
 
 def test_images_and_labels_of_different_lengths(tmp_path):
     raw = write_idx_dataset(tmp_path, n_train=50, n_test=20)
     shutil.copy(raw / "t10k-labels-idx1-ubyte", raw / "train-labels-idx1-ubyte")
-    with pytest.raises(DataError, match=r"\(50, 28, 28\).*\(20,\)\) do not fit together"):
+    with pytest.raises(DataError) as err:
         MNISTDataModule(root=str(tmp_path), download=False, val_size=10).setup("fit")
+    assert str(err.value) == (
+        f"{raw}/train-images-idx3-ubyte ((50, 28, 28)) and {raw}/train-labels-idx1-ubyte ((20,)) do not fit"
+        " together; replace them with a matching pair"
+    )
 
 
 def test_labels_out_of_range(tmp_path):
@@ -301,12 +313,17 @@ def test_labels_out_of_range(tmp_path):
     data = bytearray(path.read_bytes())
     data[-1] = 42
     path.write_bytes(bytes(data))
-    with pytest.raises(DataError, match=r"MNIST training labels run 0\.\.42, expected 0\.\.9"):
+    with pytest.raises(DataError, match=re.escape(
+        "MNIST training labels run 0..42, expected 0..9; the label file does not match the images"
+    ) + "$"):
         MNISTDataModule(root=str(tmp_path), download=False, val_size=10).setup("fit")
 
 
 def test_val_size_that_leaves_nothing(mnist_root):
-    with pytest.raises(DataError, match="val_size=600 leaves no training"):
+    with pytest.raises(DataError, match=(
+        r"^data\.val_size=600 leaves no training or no validation images out of (\d+); use a count"
+        r" between 1 and (\d+) or a fraction like 0\.1$"
+    )):
         MNISTDataModule(root=str(mnist_root), download=False, val_size=600).setup("fit")
 
 
@@ -322,7 +339,10 @@ def test_image_folder_problems(tmp_path: Path, image_folder: Path):
         ImageFolderDataModule(folder=str(broken)).setup("fit")
     (broken / "train" / "circle" / "bad.png").unlink()
     shutil.rmtree(broken / "test" / "square")
-    with pytest.raises(DataError, match="differ from the training classes"):
+    with pytest.raises(DataError, match=re.escape(
+        "/test (circle, triangle) differ from the training classes (circle, square, triangle); train"
+        " and test must have the same class folders"
+    )):
         ImageFolderDataModule(folder=str(broken)).setup("test")
     (broken / "test" / "square").mkdir()
     with pytest.raises(DataError, match="is empty"):

@@ -249,8 +249,13 @@ def test_channels_that_cannot_be_converted_are_refused():
 
 
 def test_a_bad_spec_is_refused_before_the_checkpoint_is_tested(tiny_run: Path, tmp_path: Path):
-    with pytest.raises(SoftcalError, match="^--ood nonsense: not uniform-noise or gaussian-noise, an image"):
+    with pytest.raises(SoftcalError, match="^--ood nonsense: not uniform-noise or gaussian-noise, an image") as err:
         main([str(tiny_run), "--ood", "nonsense", "--out", str(tmp_path)])
+    assert str(err.value) == (
+        "--ood nonsense: not uniform-noise or gaussian-noise, an image folder or a datamodule config (a"
+        " YAML file, or a packaged config: cifar10.yaml, cifar100.yaml, cifar10_quick.yaml,"
+        " cifar10_sample.yaml, fashion_mnist.yaml, gpu.yaml, mnist.yaml, smoke.yaml)"
+    )
     assert not any(tmp_path.iterdir())  # nothing was evaluated or written
 
 

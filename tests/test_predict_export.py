@@ -196,6 +196,17 @@ def test_no_fitted_temperature_is_said_plainly(tiny_run, image_files, tmp_path, 
     report, err = _predict_json(["--ckpt", str(run_dir), str(image_files["png"][0])], capsys)
     assert report["temperature"] is None
     assert "has no fitted temperature" in err and "uncalibrated" in err
+    assert (
+        f"warning: {run.checkpoint.name} has no fitted temperature (trained with --calibrate false?); the"
+        " probabilities are uncalibrated (T = 1)\n"
+    ) in err
+    from softcal.apps.evaluate import main as evaluate_main
+
+    evaluate_main([str(run_dir), "--out", str(tmp_path / "evaluated")])
+    assert (
+        f"note: {run.checkpoint.name} has no fitted temperature (trained with --calibrate false?): the"
+        " calibrated metrics are the raw ones (T = 1)\n"
+    ) in capsys.readouterr().err
     meta = metadata(run)
     assert meta["temperature"] is None and "uncalibrated" in meta["output"]
     # The raw softmax, not the checkpoint's T of another run: one image gives the same answer.

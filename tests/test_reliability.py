@@ -100,6 +100,10 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(mnist_r
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     error = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(error) == 1 and "training loss is nan at step 7" in error[0], proc.stderr[-2000:]
+    assert error[0] == (
+        "error: training loss is nan at step 7 (epoch 0, batch 7); lower model.lr or check the data."
+        " Nothing from this step was saved: the last checkpoint holds the last good weights"
+    )
     last = torch.load(tmp_path / "mnist" / "version_0" / "checkpoints" / "last.ckpt",
                       weights_only=True)  # fmt: skip
     assert last["global_step"] == 6
@@ -139,6 +143,11 @@ def test_resuming_with_more_epochs_than_the_schedule_was_planned_for(mnist_root,
     proc = _train(mnist_root, tmp_path, "--trainer.max_epochs", "2", "--ckpt_path", "last")
     error = _one_error_line(proc)
     assert "planned for 15 steps, but these settings make 30" in error, error
+    assert error == (
+        "error: the checkpoint's one-cycle learning-rate schedule was planned for 15 steps, but these"
+        " settings make 30 (max_epochs, batch size or limit_train_batches changed); resume with the"
+        " settings of the run's config.yaml, or start a new run with more epochs to train longer"
+    )
     assert ckpt.read_bytes() == before, "the saved checkpoint must survive the refusal"
 
 

@@ -169,7 +169,8 @@ def test_impossible_data_values_get_one_line(option, value, tmp_path):
 
 
 def test_epochs():
-    with pytest.raises(SoftcalError, match=r"^trainer.max_epochs=0 is impossible.*--trainer.max_epochs 10"):
+    with pytest.raises(SoftcalError, match=r"^trainer\.max_epochs=0 is impossible: it must be a number at least 1"
+                                            r" \(e\.g\. --trainer\.max_epochs 10\)$"):
         check_epochs(0, None)
     with pytest.raises(SoftcalError, match=r"^trainer.max_epochs=-1 is impossible"):
         check_epochs(-1, -1)  # no epoch limit and no step limit: never ends
@@ -191,6 +192,11 @@ def test_an_image_folder_with_one_class_is_refused(tmp_path):
         data.class_names  # noqa: B018 - the property reads the folder
     message = str(caught.value)
     assert "\n" not in message and "has one class sub-folder (only)" in message
+    split = folder / "train"
+    assert message == (
+        f"image folder {split} has one class sub-folder (only); a classifier needs at least two - add a"
+        f" sub-folder per class (e.g. {split}/cat/, {split}/dog/)"
+    )
 
 
 def test_file_and_class_names_that_are_not_utf8_are_read(tmp_path):

@@ -4,6 +4,7 @@ workflow in-process, and the train script end to end as the README runs it."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import lightning as L
@@ -262,6 +263,7 @@ def test_device_problems_keep_the_machine_advice(message):
     text = str(trainer_settings_error(MisconfigurationException(message)))
     assert text.startswith("trainer settings do not fit this machine: " + message.splitlines()[0])
     assert "--trainer.accelerator cpu" in text and "\n" not in text
+    assert text.endswith(" - use --trainer.accelerator cpu (or auto), or fewer --trainer.devices")
 
 
 def test_compile_switch_wraps_the_net_but_checkpoints_hold_plain_weights(monkeypatch):
@@ -379,7 +381,10 @@ def test_train_without_checkpointing_tests_the_final_weights(mnist_root, tmp_pat
     assert f"calibrated (T = {results['temperature']:.3f})" in proc.stdout
     assert not (run_dir / "checkpoints").exists()  # neither best-*.ckpt nor last.ckpt
     # What needs a checkpoint says so in one line: evaluate/predict/export, and resuming.
-    with pytest.raises(CheckpointError, match="enable_checkpointing false saves none"):
+    with pytest.raises(CheckpointError, match="^" + re.escape(
+        f"no checkpoint in {run_dir / 'checkpoints'}; train first (a run with --trainer.enable_checkpointing"
+        " false saves none) or pass a .ckpt"
+    ) + "$"):
         resolve_checkpoint(run_dir)
     with pytest.raises(SoftcalError, match="no run in .* has checkpoints/last.ckpt"):
         train(["--ckpt_path", "last", "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
@@ -399,6 +404,11 @@ def test_conflicting_trainer_settings_are_one_line_without_machine_advice(mnist_
     assert len(errors) == 1, proc.stderr
     assert errors[0].startswith("error: invalid trainer settings: Trainer was configured with")
     assert "`enable_checkpointing=False`" in errors[0] and "accelerator" not in errors[0]
+    assert errors[0] == (
+        "error: invalid trainer settings: Trainer was configured with `enable_checkpointing=False` but"
+        " found `ModelCheckpoint` in callbacks list. - change the setting it names (--print_config shows"
+        " the resolved config)"
+    )
 
 
 @pytest.mark.slow
@@ -406,6 +416,9 @@ def test_unknown_config_key_is_rejected(tmp_path):
     proc = run_script("train.py", "--model.learning_rate", "0.1", cwd=tmp_path)
     assert proc.returncode != 0 and "learning_rate" in proc.stderr
     assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: bad config or argument: unrecognized arguments: --model.learning_rate 0.1 (see --help)"
+    )
 
 
 @pytest.mark.slow
