@@ -51,6 +51,22 @@ def np_over_tie_orders(conf: np.ndarray, correct: np.ndarray) -> np.ndarray:
     return np.mean(runs, axis=0)
 
 
+def np_risks_tie_aware(conf: np.ndarray, correct: np.ndarray) -> np.ndarray:
+    """np_over_tie_orders for any n, by linearity: within a tied group of m predictions with w
+    wrong, the first j kept of it hold j * w / m wrong ones on average over its orders."""
+    risks, kept, wrong = np.empty(len(conf)), 0, 0.0
+    for value in sorted(set(conf.tolist()), reverse=True):
+        group = 1 - correct[conf == value]
+        for j in range(1, len(group) + 1):
+            risks[kept + j - 1] = (wrong + j * group.sum() / len(group)) / (kept + j)
+        kept, wrong = kept + len(group), wrong + group.sum()
+    return risks
+
+
+def np_aurc_tie_aware(conf: np.ndarray, correct: np.ndarray) -> float:
+    return float(np_risks_tie_aware(conf, correct).mean())
+
+
 def np_optimal_aurc(n_correct: int, n: int) -> float:
     return np_aurc(np.arange(n, 0, -1.0), (np.arange(n) < n_correct).astype(float))
 
@@ -95,6 +111,28 @@ def test_ties_are_averaged_over_their_orders():
     assert risk.tolist() == pytest.approx([1 / 2, 2 / 5, 3 / 6, 4 / 8])
     # the curve's points lie where no group is cut, so they equal the averaged risks there
     assert risk.tolist() == pytest.approx(expected[[1, 4, 5, 7]].tolist())
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_tie_aware_reference_is_the_mean_over_tie_orders(seed):
+    conf, correct = random_case(n=8, seed=seed, decimals=1)  # 8! orders, a few tied groups
+    assert len(np.unique(conf)) < len(conf)
+    np.testing.assert_allclose(np_risks_tie_aware(conf, correct), np_over_tie_orders(conf, correct),
+                               atol=1e-12)  # fmt: skip
+    np.testing.assert_allclose(np_risks_tie_aware(*TIED), np_over_tie_orders(*TIED), atol=1e-12)
+
+
+@pytest.mark.parametrize("decimals", [2, 1])
+def test_aurc_with_many_ties_against_the_tie_aware_reference(decimals):
+    conf, correct = random_case(seed=9, decimals=decimals)  # 500 predictions in ~90 or ~10 groups
+    assert len(np.unique(conf)) <= 91
+    want = np_aurc_tie_aware(conf, correct)
+    assert aurc(t(conf), t(correct)) == pytest.approx(want, abs=1e-12)
+    for coverage in (0.8, 0.9, 0.95):
+        kept = math.ceil(coverage * 500)
+        assert risk_at_coverage(t(conf), t(correct), coverage) == pytest.approx(
+            np_risks_tie_aware(conf, correct)[kept - 1], abs=1e-12)  # fmt: skip
+    assert abs(np_aurc(conf, correct) - want) > 1e-4  # the ties matter: one fixed order differs
 
 
 def test_constant_confidence_gives_the_error_rate():
@@ -278,8 +316,13 @@ def test_callback_logs_selective_metrics_and_a_figure_at_test(mnist_root, tmp_pa
         assert report == selective.reports[stage]
         for name, value in report.items():
             assert logged[f"{stage}/{name}"] == value, (stage, name)  # logged in float64
-        if len(np.unique(kept["confidence"].numpy())) == len(conf):  # no ties: plain numpy AURC
-            assert report["aurc"] == pytest.approx(np_aurc(kept["confidence"].numpy(), correct), abs=1e-9)
+        # Ties or not (float32 confidences of 200 images may tie): the mean over tie orders.
+        kept_conf = kept["confidence"].double().numpy()
+        assert 0.2 < correct.mean() < 0.9 and report["aurc"] > 0.01, "not a degenerate run"
+        assert report["aurc"] == pytest.approx(np_aurc_tie_aware(kept_conf, correct), abs=1e-12)
+        for name, coverage in (("risk_at_80", 0.8), ("risk_at_90", 0.9), ("risk_at_95", 0.95)):
+            want = np_risks_tie_aware(kept_conf, correct)[math.ceil(coverage * len(correct)) - 1]
+            assert report[name] == pytest.approx(want, abs=1e-12), name
         assert report["misclassification_auroc"] == pytest.approx(
             roc_auc_score(correct, kept["confidence"].numpy()), abs=1e-12)  # fmt: skip
     assert [tag for tag, _ in drawn if tag.startswith("test/risk")] == ["test/risk_coverage"]
@@ -330,7 +373,8 @@ def test_results_json_and_table_carry_the_selective_rows(tiny_run):
 
 
 #: Trains and tests a tiny model on 2 CPU processes (DDP, gloo) with the selective callback;
-#: rank 0 saves what was logged, the weights and the gathered per-image state.
+#: rank 0 saves what was logged, the weights and the gathered per-image state. One training step:
+#: the tiny set is learnt perfectly within 5 (AURC 0, AUROC NaN), which would check nothing.
 DDP_SCRIPT = """
 import sys
 import lightning as L
@@ -344,7 +388,7 @@ L.seed_everything(0)
 dm = MNISTDataModule(root=sys.argv[1], val_size=100, batch_size=32, eval_batch_size=30, download=False)
 model = Classifier(num_classes=10, in_channels=1)
 selective = SelectivePrediction()
-trainer = L.Trainer(accelerator="cpu", strategy="ddp", devices=2, max_epochs=1, limit_train_batches=5,
+trainer = L.Trainer(accelerator="cpu", strategy="ddp", devices=2, max_epochs=1, limit_train_batches=1,
                     logger=False, enable_progress_bar=False, enable_checkpointing=False,
                     enable_model_summary=False, callbacks=[TemperatureScaling(), selective])
 trainer.fit(model, datamodule=dm)
@@ -392,8 +436,14 @@ def test_two_processes_log_what_one_computes(mnist_root, tmp_path):
         np.testing.assert_allclose(np.sort(gathered["confidence"].numpy()), np.sort(conf.numpy()),
                                    rtol=1e-4, atol=1e-6)  # fmt: skip
         assert int(gathered["correct"].sum()) == int(correct.sum())
-        assert saved["logged"][f"{stage}/aurc"] == pytest.approx(np_aurc(conf.numpy(), correct.numpy()),
-                                                                  rel=1e-4, abs=1e-6)  # fmt: skip
+        assert 0.2 < correct.double().mean() < 0.9, "errors among confident ones: AURC measures something"
+        # The gathered (confidence, correct) pairs exactly, ties averaged over their orders; and
+        # the float64 confidences computed here, within float32 rounding.
+        pairs = gathered["confidence"].double().numpy(), gathered["correct"].double().numpy()
+        assert saved["logged"][f"{stage}/aurc"] == pytest.approx(np_aurc_tie_aware(*pairs), abs=1e-12)
+        assert saved["logged"][f"{stage}/aurc"] == pytest.approx(
+            np_aurc_tie_aware(conf.numpy(), correct.double().numpy()), rel=1e-4, abs=1e-6)  # fmt: skip
         for name, value in selective_report(conf, correct).items():
-            if not math.isnan(value):
-                assert saved["logged"][f"{stage}/{name}"] == pytest.approx(value, rel=1e-4, abs=1e-6), name
+            assert saved["logged"][f"{stage}/{name}"] == pytest.approx(value, rel=1e-4, abs=1e-6), name
+        assert saved["logged"][f"{stage}/misclassification_auroc"] == pytest.approx(
+            roc_auc_score(correct.numpy(), conf.numpy()), rel=1e-4, abs=1e-6)  # fmt: skip
