@@ -237,10 +237,13 @@ def test_download_fetches_both_splits_only_when_files_are_missing(tmp_path, mnis
     dm = MNISTDataModule(root=str(tmp_path))
     dm.prepare_data()
     assert fake.calls == [(str(tmp_path), True, True), (str(tmp_path), False, True)]
-    with pytest.raises(DataError, match=re.escape(
-        "-ubyte[.gz] (not downloaded by this process). Put the files there, or point data.root /"
-        " SOFTCAL_DATA_ROOT at a folder that has them."
-    )):
+    with pytest.raises(
+        DataError,
+        match=re.escape(
+            "-ubyte[.gz] (not downloaded by this process). Put the files there, or point data.root /"
+            " SOFTCAL_DATA_ROOT at a folder that has them."
+        ),
+    ):
         dm.setup("fit")  # the fake "succeeded" without writing anything
 
 
@@ -313,17 +316,24 @@ def test_labels_out_of_range(tmp_path):
     data = bytearray(path.read_bytes())
     data[-1] = 42
     path.write_bytes(bytes(data))
-    with pytest.raises(DataError, match=re.escape(
-        "MNIST training labels run 0..42, expected 0..9; the label file does not match the images"
-    ) + "$"):
+    with pytest.raises(
+        DataError,
+        match=re.escape(
+            "MNIST training labels run 0..42, expected 0..9; the label file does not match the images"
+        )
+        + "$",
+    ):
         MNISTDataModule(root=str(tmp_path), download=False, val_size=10).setup("fit")
 
 
 def test_val_size_that_leaves_nothing(mnist_root):
-    with pytest.raises(DataError, match=(
-        r"^data\.val_size=600 leaves no training or no validation images out of (\d+); use a count"
-        r" between 1 and (\d+) or a fraction like 0\.1$"
-    )):
+    with pytest.raises(
+        DataError,
+        match=(
+            r"^data\.val_size=600 leaves no training or no validation images out of (\d+); use a count"
+            r" between 1 and (\d+) or a fraction like 0\.1$"
+        ),
+    ):
         MNISTDataModule(root=str(mnist_root), download=False, val_size=600).setup("fit")
 
 
@@ -339,10 +349,13 @@ def test_image_folder_problems(tmp_path: Path, image_folder: Path):
         ImageFolderDataModule(folder=str(broken)).setup("fit")
     (broken / "train" / "circle" / "bad.png").unlink()
     shutil.rmtree(broken / "test" / "square")
-    with pytest.raises(DataError, match=re.escape(
-        "/test (circle, triangle) differ from the training classes (circle, square, triangle); train"
-        " and test must have the same class folders"
-    )):
+    with pytest.raises(
+        DataError,
+        match=re.escape(
+            "/test (circle, triangle) differ from the training classes (circle, square, triangle); train"
+            " and test must have the same class folders"
+        ),
+    ):
         ImageFolderDataModule(folder=str(broken)).setup("test")
     (broken / "test" / "square").mkdir()
     with pytest.raises(DataError, match="is empty"):

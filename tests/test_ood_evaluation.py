@@ -249,7 +249,7 @@ def test_channels_that_cannot_be_converted_are_refused():
 
 
 def test_a_bad_spec_is_refused_before_the_checkpoint_is_tested(tiny_run: Path, tmp_path: Path):
-    with pytest.raises(SoftcalError, match="^--ood nonsense: not uniform-noise or gaussian-noise, an image") as err:
+    with pytest.raises(SoftcalError) as err:
         main([str(tiny_run), "--ood", "nonsense", "--out", str(tmp_path)])
     assert str(err.value) == (
         "--ood nonsense: not uniform-noise or gaussian-noise, an image folder or a datamodule config (a"
