@@ -78,7 +78,9 @@ def test_methods_and_factory():
         assert calibrator.method == method and not calibrator.fitted
         assert calibrator.exportable == (method in EXPORTABLE)
     with pytest.raises(
-        SoftcalError, match="unknown calibrator 'platt'; choose one of temperature, vector, matrix"
+        SoftcalError,
+        match="^unknown calibrator 'platt'; choose one of temperature, vector, matrix, histogram, isotonic,"
+        " matrix_unregularised$",
     ):
         make_calibrator("platt", 4)
     with pytest.raises(SoftcalError, match="calibrator: num_classes must be at least 1, got 0"):
@@ -368,7 +370,9 @@ def test_non_finite_logits_are_a_one_line_error(data, method, bad):
     logits = data[0].clone()
     logits[3, 1] = bad
     with pytest.raises(
-        SoftcalError, match="1 of 300 validation logit rows hold NaN or infinity; fix the model"
+        SoftcalError,
+        match=r"1 of 300 validation logit rows hold NaN or infinity; fix the model \(did its training"
+        r" diverge\?\) before calibrating it$",
     ) as error:
         make_calibrator(method, 5).fit(logits, data[1])
     assert "\n" not in str(error.value)
@@ -380,7 +384,8 @@ def test_non_finite_logits_are_a_one_line_error(data, method, bad):
         (
             torch.zeros(4, 3),
             torch.zeros(4, dtype=torch.long),
-            r"do not match 5 classes; fit on the \(N, num_classes\) logits of the same model",
+            r"^calibrator: logits of shape \(4, 3\) do not match 5 classes; fit on the \(N, num_classes\)"
+            r" logits of the same model$",
         ),
         (
             torch.zeros(4, 5),
