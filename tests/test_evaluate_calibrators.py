@@ -273,6 +273,11 @@ def test_bad_calibrators_option_is_one_line(tiny_run: Path, argv: list[str], mes
     with pytest.raises(SoftcalError) as err:
         main([str(tiny_run), *argv])
     assert str(err.value).startswith(message) and "\n" not in str(err.value)
+    if argv[1] == "bogus":
+        assert str(err.value) == (
+            "--calibrators bogus: unknown method bogus; use all or a comma list of temperature, vector,"
+            " matrix, histogram, isotonic, matrix_unregularised"
+        )
 
 
 @pytest.mark.parametrize("case", ["all correct", "all wrong"])
