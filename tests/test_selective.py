@@ -246,11 +246,15 @@ def test_report_is_the_single_functions():
 
 
 def test_refuses_empty_mismatched_or_nan():
-    with pytest.raises(SoftcalError, match="^selective prediction needs at least one prediction; the split is empty$"):
+    with pytest.raises(
+        SoftcalError, match="^selective prediction needs at least one prediction; the split is empty$"
+    ):
         aurc(t([]), t([]))
     with pytest.raises(SoftcalError, match="needs one correctness per confidence, got 3 confidences and 2"):
         aurc(t([0.1, 0.2, 0.3]), t([1, 0]))
-    with pytest.raises(SoftcalError, match="^selective prediction: a confidence is NaN or infinite; check the logits$"):
+    with pytest.raises(
+        SoftcalError, match="^selective prediction: a confidence is NaN or infinite; check the logits$"
+    ):
         selective_report(t([0.1, math.nan]), t([1, 0]))
 
 
