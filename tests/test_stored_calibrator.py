@@ -104,12 +104,18 @@ def test_an_unknown_calibrator_is_one_line():
     with pytest.raises(SoftcalError, match='Parser key "calibrator": Expected a typing.Literal') as caught:
         train(["--calibrator", "platt"])
     assert "\n" not in str(caught.value) and "Got value: platt" in str(caught.value)
+    assert str(caught.value) == (
+        'bad config or argument: Parser key "calibrator": Expected a'
+        " typing.Literal['temperature', 'vector', 'matrix', 'histogram', 'isotonic']. Got value: platt"
+        " (see --help)"
+    )
 
 
 def test_a_calibrator_without_calibration_is_one_line(tmp_path):
     from softcal.apps.train import main as train
 
     message = "--calibrator vector needs --calibrate true: with --calibrate false no calibrator is fitted"
+    message += "; drop one of the two options$"
     with pytest.raises(SoftcalError, match=message):
         train(["--calibrate", "false", "--calibrator", "vector",
                "--trainer.logger.init_args.save_dir", str(tmp_path)])  # fmt: skip
@@ -336,6 +342,11 @@ def test_export_refuses_isotonic_in_one_line_and_exports_t_or_raw_on_request(run
     message = str(caught.value)
     assert "\n" not in message and "isotonic" in message
     assert "--calibrator temperature|vector|matrix" in message and "--calibration temperature" in message
+    assert message.endswith(
+        " stores isotonic calibration, which an exported graph cannot carry (only temperature, vector and"
+        " matrix scaling are logit transforms); export with --calibration temperature (its fitted T) or"
+        " --calibration none (raw softmax), or train with --calibrator temperature|vector|matrix"
+    )
     assert not (tmp_path / "refused.onnx").exists()
     proc = run_script("export.py", "--ckpt", str(run_dir), "--out", str(tmp_path / "refused.onnx"))
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
