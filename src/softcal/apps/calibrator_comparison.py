@@ -16,6 +16,7 @@ table in markdown) and ``calibrators/reliability_<method>.png``.
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,8 +140,10 @@ def write_comparison(rows: Sequence[MethodScore], out_dir: Path, title: str,
     markdown = markdown_table(rows, title).encode()
     files = [atomic_write_json(out_dir / "calibrators.json", record),
              atomic_write_bytes(out_dir / "calibrators.md", markdown)]  # fmt: skip
+    # The table's one-line title is wider than the figure: wrapped, it is not cut off.
+    wrapped = textwrap.fill(title, 60, break_on_hyphens=False)
     for row in rows:
-        fig = figures.reliability_diagram(**row.bins, title=f"{title}\n{row.description}")
+        fig = figures.reliability_diagram(**row.bins, title=f"{wrapped}\n{row.description}")
         files.append(figures.save_png(fig, out_dir / "calibrators" / f"reliability_{row.method}.png"))
     return files
 
