@@ -65,11 +65,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if trainer.interrupted:
         raise SystemExit(130)
     checkpoint = trainer.strategy.broadcast(saved_checkpoint(trainer))
+    tested_epoch = max(trainer.current_epoch - 1, 0)  # the final weights', when none is saved
     if checkpoint:  # its state_dict holds the temperature fitted for exactly these weights
         # Read where it was written (rank 0) and sent to the others: other nodes may not see
         # rank 0's disk.
-        state = load_checkpoint(checkpoint)["state_dict"] if trainer.is_global_zero else None
-        model.load_state_dict(trainer.strategy.broadcast(state))
+        saved = load_checkpoint(checkpoint) if trainer.is_global_zero else None
+        if saved is not None:
+            tested_epoch = int(saved["epoch"])
+        model.load_state_dict(trainer.strategy.broadcast(saved["state_dict"] if saved else None))
     metrics = run_test(trainer, model, datamodule, checkpoint)
     temperature = model.fitted_temperature()
     run_dir = Path(trainer.log_dir) if trainer.log_dir and trainer.logger is not None else None
@@ -83,7 +86,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "metrics": {k: float(v) for k, v in sorted(metrics.items())},
     }
     if trainer.is_global_zero:
-        finish_dashboard(trainer, results, report(results, run_dir))  # TensorBoard's HPARAMS, TEXT
+        # TensorBoard's HPARAMS and TEXT
+        finish_dashboard(trainer, results, report(results, run_dir), tested_epoch)
     leave_process_group()
     return results
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import re
 import shlex
 import shutil
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -32,7 +31,6 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2, summary_v2
 
-from softcal.runs.checkpoints import load_checkpoint
 from softcal.runs.run_hparams import experiment_infos, hparam_values
 
 #: The custom-scalars layout: category -> chart title -> tags drawn on that one chart.
@@ -71,16 +69,15 @@ class RunDashboard(L.Callback):
 
     Args:
         config: the resolved config in nested form (what config.yaml holds); the HPARAMS row
-            is read from it. None: the row holds what the Trainer and datamodule know.
-        command_line: shown in the TEXT tab; default ``sys.argv``.
+            is read from it.
+        command_line: shown in the TEXT tab.
         logger: the run's TensorBoardLogger, given before the Trainer creates its directory,
             so a run that fails before training removes only a directory it created itself.
     """
 
-    def __init__(self, config: Mapping[str, Any] | None = None, command_line: Sequence[str] | None = None,
-                 logger: Any = None) -> None:  # fmt: skip
-        self.config = dict(config or {})
-        self.command_line = list(sys.argv if command_line is None else command_line)
+    def __init__(self, config: Mapping[str, Any], command_line: Sequence[str], logger: Any) -> None:
+        self.config = dict(config)
+        self.command_line = list(command_line)
         self.started_at = time.monotonic()
         self.earlier_wall_time = 0.0  # seconds run by earlier processes of a resumed run
         self.training_started = False
@@ -127,7 +124,7 @@ class RunDashboard(L.Callback):
 
     def hparams(self, trainer: L.Trainer) -> dict[str, str | float | bool]:
         """This run's HPARAMS row."""
-        config = self.config or _config_from_objects(trainer)
+        config = self.config
         facts: dict[str, Any] = {
             "accelerator": type(trainer.accelerator).__name__.removesuffix("Accelerator").lower(),
             "devices": trainer.num_devices,
@@ -138,8 +135,9 @@ class RunDashboard(L.Callback):
             facts["dataset"] = name
         return hparam_values(config, **facts)
 
-    def finish(self, trainer: L.Trainer, results: Mapping[str, Any], table: str) -> None:
-        """The end of a successful run: the final scalars, the results table as printed, and
+    def finish(self, trainer: L.Trainer, results: Mapping[str, Any], table: str, best_epoch: int) -> None:
+        """The end of a successful run: the final scalars (``best_epoch``: the epoch of the
+        tested weights, 0-based as in best-epochNN-*.ckpt), the results table as printed, and
         the session's end (status: success)."""
         writer = _writer(trainer)
         if writer is None:
@@ -147,7 +145,7 @@ class RunDashboard(L.Callback):
         step = trainer.global_step
         if results.get("temperature") is not None:  # not fitted: the cell stays empty
             writer.add_scalar("final/temperature", float(results["temperature"]), step)
-        writer.add_scalar("final/best_epoch", best_epoch(trainer, results.get("checkpoint")), step)
+        writer.add_scalar("final/best_epoch", best_epoch, step)
         writer.add_scalar("final/wall_time_s", self.wall_time(), step)
         writer.add_text("run/results", fenced(table), step)
         end = plugin_data_pb2.SessionEndInfo(status=api_pb2.STATUS_SUCCESS, end_time_secs=time.time())
@@ -169,12 +167,12 @@ class RunDashboard(L.Callback):
                 parent.rmdir()
 
 
-def finish_dashboard(trainer: L.Trainer, results: Mapping[str, Any], table: str) -> None:
+def finish_dashboard(trainer: L.Trainer, results: Mapping[str, Any], table: str, best_epoch: int) -> None:
     """Tell the run's :class:`RunDashboard` (if it has one) that the run ended with these
-    results and this printed table."""
+    results and this printed table, having tested the weights of epoch ``best_epoch``."""
     for callback in trainer.callbacks:
         if isinstance(callback, RunDashboard):
-            callback.finish(trainer, results, table)
+            callback.finish(trainer, results, table, best_epoch)
 
 
 def _hparams_summary(tag: str, **data: Any) -> Summary:
@@ -192,24 +190,3 @@ def _writer(trainer: L.Trainer) -> Any:
         return None
     logger = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
     return logger.experiment if logger is not None else None
-
-
-def best_epoch(trainer: L.Trainer, checkpoint: str | None) -> int:
-    """The epoch whose weights were tested (0-based, as in best-epochNN-*.ckpt): the tested
-    checkpoint's, else the last epoch trained."""
-    if checkpoint:
-        return int(load_checkpoint(checkpoint)["epoch"])
-    return max(trainer.current_epoch - 1, 0)
-
-
-def _config_from_objects(trainer: L.Trainer) -> dict[str, Any]:
-    """The nested config a run without LightningCLI has: the model's and datamodule's saved
-    hyperparameters, the Trainer's epochs."""
-    module, datamodule = trainer.lightning_module, trainer.datamodule
-    model = dict(getattr(module, "hparams", {}) or {})
-    net = getattr(module, "net", None)
-    if net is not None:
-        widths = getattr(net, "widths", None)
-        model["net"] = {"class_path": type(net).__name__, "init_args": {"widths": widths}}
-    data = dict(getattr(datamodule, "hparams", {}) or {})
-    return {"model": model, "data": {"init_args": data}, "trainer": {"max_epochs": trainer.max_epochs}}
