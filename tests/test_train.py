@@ -13,7 +13,6 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from softcal.apps.cli import trainer_settings_error
-from softcal.apps.train import format_results
 from softcal.apps.train import main as train
 from softcal.calibration.temperature import collect_logits, fit_temperature
 from softcal.data import MNISTDataModule
@@ -21,6 +20,7 @@ from softcal.errors import CheckpointError, SoftcalError
 from softcal.model.module import Classifier
 from softcal.model.optimization import build_schedule, parameter_groups
 from softcal.runs.files import resolve_checkpoint
+from softcal.runs.results_table import format_results
 from tests.conftest import TINY, run_script
 
 

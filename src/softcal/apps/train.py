@@ -27,7 +27,7 @@ from softcal.runs.dashboard import finish_dashboard
 from softcal.runs.files import atomic_write_json
 from softcal.runs.last_checkpoint import LastCheckpoint, sigterm_message
 from softcal.runs.peers import lost_peer_error
-from softcal.runs.results_table import ROW_ORDER, format_results  # noqa: F401  (re-exported)
+from softcal.runs.results_table import format_results
 
 
 def saved_checkpoint(trainer: Trainer) -> str:

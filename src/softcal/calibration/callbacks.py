@@ -92,7 +92,7 @@ def fit_stored_calibrator(method: str, logits: torch.Tensor, labels: torch.Tenso
     broken calibrator."""
     if len(labels) == 0 or not torch.isfinite(logits).all():
         return None
-    calibrator = make_calibrator(method, logits.shape[1]).fit(logits.cpu(), labels.cpu())
+    calibrator = make_calibrator(method, logits.shape[1]).fit(logits, labels)  # fit copies to the CPU
     return calibrator if calibrator.fitted else None
 
 

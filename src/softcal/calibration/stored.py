@@ -49,7 +49,7 @@ class CalibratorSlot(nn.Module):
         # (changing up to 1% of a probability, and some predicted classes), while predict,
         # export and evaluate's comparison compute it in float32.
         with torch.autocast(logits.device.type, enabled=False):
-            return held.to(logits.device)(logits.float())
+            return held(logits.float())  # each calibrator brings its tensors to the logits' device
 
     def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
         # Only a held calibrator writes a key: an empty slot leaves the state_dict as it was.
