@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from softcal.calibration.affine_fit import cross_validate_odir, fit_affine, single_threaded
+from softcal.calibration.affine_fit import affine_logits, cross_validate_odir, fit_affine, single_threaded
 from softcal.calibration.temperature import fit_temperature
 from softcal.errors import SoftcalError
 
@@ -172,6 +172,12 @@ class TemperatureCalibrator(Calibrator):
         self.temperature = float(params["temperature"])
 
 
+def _affine_on(logits: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """The fitted affine map (vector or matrix scaling) on the logits' device, in their float type."""
+    dtype = _float(logits)
+    return affine_logits(logits.to(dtype), weight.to(logits.device, dtype), bias.to(logits.device, dtype))
+
+
 class VectorCalibrator(Calibrator):
     """softmax(w * z + b), w and b in R^K; NLL by L-BFGS in float64, started at w = 1/T, b = 0."""
 
@@ -190,8 +196,7 @@ class VectorCalibrator(Calibrator):
             self.weight, self.bias, self._fitted = weight, bias, True
 
     def calibrated_logits(self, logits: torch.Tensor) -> torch.Tensor:
-        dtype = _float(logits)
-        return logits.to(dtype) * self.weight.to(logits.device, dtype) + self.bias.to(logits.device, dtype)
+        return _affine_on(logits, self.weight, self.bias)
 
     def describe(self) -> str:
         if not self._fitted:
@@ -234,9 +239,7 @@ class MatrixCalibrator(Calibrator):
             self.weight, self.bias, self._fitted = weight, bias, True
 
     def calibrated_logits(self, logits: torch.Tensor) -> torch.Tensor:
-        dtype = _float(logits)
-        weight = self.weight.to(logits.device, dtype)
-        return logits.to(dtype) @ weight.T + self.bias.to(logits.device, dtype)
+        return _affine_on(logits, self.weight, self.bias)
 
     def describe(self) -> str:
         name = "matrix scaling" + ("" if self.regularised else ", unregularised")
