@@ -29,6 +29,13 @@ class NonFiniteLossError(SoftcalError):
     """The training loss became NaN or infinite."""
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (at most 200 characters), for a one-line error
+    that quotes a library's own reason; the exception's type when it has no message."""
+    text = str(err).strip()
+    return text.splitlines()[0][:200] if text else type(err).__name__
+
+
 def softcal_cause(err: BaseException) -> SoftcalError | None:
     """The SoftcalError a wrapping exception was raised from (via ``from`` or while handling
     it), e.g. a datamodule's one-line error inside jsonargparse's "does not validate"."""

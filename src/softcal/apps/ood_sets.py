@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from softcal.errors import DataError, SoftcalError, softcal_cause
+from softcal.errors import DataError, SoftcalError, first_line, softcal_cause
 
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
@@ -158,7 +158,7 @@ def config_datamodule(spec: OODSpec) -> Any:
     try:
         data = (yaml.safe_load(spec.path.read_text()) or {}).get("data")
     except (OSError, ValueError, yaml.YAMLError, AttributeError) as err:  # ValueError: not text
-        raise SoftcalError(f"{where}: not a readable YAML config ({_first_line(err)})") from err
+        raise SoftcalError(f"{where}: not a readable YAML config ({first_line(err)})") from err
     if not data:
         raise SoftcalError(f"{where}: the config has no data section; pass a datamodule config")
     parser = ArgumentParser(exit_on_error=False)
@@ -169,12 +169,7 @@ def config_datamodule(spec: OODSpec) -> Any:
         cause = softcal_cause(err)
         if cause is not None:
             raise cause from None
-        raise SoftcalError(f"{where}: the config cannot build its datamodule ({_first_line(err)})") from err
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0][:200] if text else type(err).__name__
+        raise SoftcalError(f"{where}: the config cannot build its datamodule ({first_line(err)})") from err
 
 
 def load_ood_set(spec: OODSpec, channels: int, size: tuple[int, int], n_noise: int) -> OODSet:

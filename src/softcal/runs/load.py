@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from softcal.errors import CheckpointError, SoftcalError, softcal_cause
+from softcal.errors import CheckpointError, SoftcalError, first_line, softcal_cause
 from softcal.runs.checkpoints import (
     DATA_FACTS,
     check_checkpoint_fits,
@@ -185,7 +185,7 @@ def read_config(path: Path) -> dict[str, Any]:
     try:
         saved = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as err:
-        raise CheckpointError(f"{path} is not a readable run config ({_first_line(err)})") from err
+        raise CheckpointError(f"{path} is not a readable run config ({first_line(err)})") from err
     if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict) or not saved.get("data"):
         raise CheckpointError(f"{path} is not a run config: it has no model and data entries")
     return saved
@@ -249,9 +249,4 @@ def rebuild(
 
 
 def _config_error(path: Path, err: BaseException) -> CheckpointError:
-    return CheckpointError(f"{path} cannot be used to rebuild the model ({_first_line(err)})")
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0][:200] if text else type(err).__name__
+    return CheckpointError(f"{path} cannot be used to rebuild the model ({first_line(err)})")
