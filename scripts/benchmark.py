@@ -14,7 +14,8 @@ benchmark lives in benchmarks/ beside this folder: it is not part of the install
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT)]  # the benchmark, and tests/ for generated data
 
 from softcal_bench import main  # noqa: E402
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from softcal.synthetic import write_cifar_dataset, write_idx_dataset, write_image_folder
+from tests.synthetic_data import write_cifar_dataset, write_idx_dataset, write_image_folder
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable, Iterable
 
 import lightning as L
 import torch
@@ -110,3 +111,24 @@ class RecordTrainingImages(L.Callback):
         out = Path(self.folder) / f"rank{trainer.global_rank}.txt"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text("\n".join(self.hashes) + "\n")
+
+
+@torch.no_grad()
+def collect_logits(
+    net: torch.nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    preprocess: Callable[[torch.Tensor], torch.Tensor],
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run ``net`` in eval mode over (uint8 images, labels) batches; return logits and labels."""
+    was_training = net.training
+    net.eval()
+    all_logits, all_labels = [], []
+    try:
+        for images, labels in batches:
+            x = preprocess(images.to(device, non_blocking=True))
+            all_logits.append(net(x).float().cpu())
+            all_labels.append(labels.cpu())
+    finally:
+        net.train(was_training)
+    return torch.cat(all_logits), torch.cat(all_labels)

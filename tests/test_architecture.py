@@ -30,9 +30,9 @@ LAYERS: dict[str, int] = {
     "atomic_files": 0,  # the one atomic, fsynced file writer: imports errors only
     "allocator": 0,
     "softmax_demo": 0,
-    "synthetic": 0,
     "data": 1,
     "calibration": 1,
+    "uncertainty": 1,  # selective prediction and OOD detection: scores and metrics
     "model": 2,
     "runs": 3,
     "apps": 4,

@@ -1,7 +1,7 @@
 """Datamodules read every supported format into exactly the stored pixels and labels, split
 train/val by seed, keep test apart, and report missing or broken files in one line.
 
-The generated datasets come from ``softcal.synthetic.class_images``; regenerating those arrays
+The generated datasets come from ``tests.synthetic_data.class_images``; regenerating those arrays
 with the same seed gives the expected tensors without going through any reader under test.
 """
 
@@ -28,13 +28,13 @@ from softcal.data import (
     MNISTDataModule,
 )
 from softcal.errors import DataError
-from softcal.synthetic import class_images, write_idx_dataset
+from tests.synthetic_data import class_images, write_idx_dataset
 
 
 def expected(
     n: int, num_classes: int, channels: int, size: int, seed: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """What the writers in softcal.synthetic stored: (N, C, H, W) uint8 images and labels."""
+    """What the writers in tests.synthetic_data stored: (N, C, H, W) uint8 images and labels."""
     images, labels = class_images(n, num_classes, channels, size, seed)
     return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels)
 
@@ -158,7 +158,7 @@ def test_image_folder_relative_to_root(image_folder):
 def test_the_file_readers_and_the_loader_import_without_lightning():
     """predict reads images and reports a wrong path before paying for Lightning's import."""
     code = (
-        "import sys, softcal.data, softcal.data.formats, softcal.data.loader, softcal.data.augment;"
+        "import sys, softcal.data, softcal.data.readers, softcal.data.loader, softcal.data.augment;"
         " print(sorted(m for m in ('lightning', 'lightning.pytorch') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

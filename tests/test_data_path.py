@@ -16,10 +16,10 @@ from softcal.data import (
     ImageFolderDataModule,
     MNISTDataModule,
     TensorBatchLoader,
-    formats,
+    readers,
 )
 from softcal.data.augment import augment_batch, normalize, random_crop, random_hflip
-from softcal.synthetic import write_image_folder
+from tests.synthetic_data import write_image_folder
 
 
 def label_coded_images(n: int, channels: int = 3, size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
@@ -193,7 +193,7 @@ def test_cifar10_tensors_equal_torchvision(cifar10_root):
 
 def test_image_folder_cache_is_used_then_rebuilt_when_a_file_changes(tmp_path, monkeypatch):
     folder = write_image_folder(tmp_path / "shapes", n_train=6, n_test=3)
-    cache = Path(formats.default_cache_dir())  # the test's own, from conftest
+    cache = Path(readers.default_cache_dir())  # the test's own, from conftest
 
     def load() -> tuple[torch.Tensor, torch.Tensor]:
         return ImageFolderDataModule(folder=str(folder), download=False).read_split(train=True)
@@ -202,12 +202,12 @@ def test_image_folder_cache_is_used_then_rebuilt_when_a_file_changes(tmp_path, m
     files = list(cache.glob("imagefolder-*.pt"))
     assert len(files) == 1
 
-    real_decode = formats.decode_images
+    real_decode = readers.decode_images
 
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded although the cache holds these files")
 
-    monkeypatch.setattr(formats, "decode_images", no_decoding)
+    monkeypatch.setattr(readers, "decode_images", no_decoding)
     again, again_labels = load()
     assert torch.equal(again, images) and torch.equal(again_labels, labels)
 
@@ -215,7 +215,7 @@ def test_image_folder_cache_is_used_then_rebuilt_when_a_file_changes(tmp_path, m
     first_class = sorted(p for p in (folder / "train").iterdir() if p.is_dir())[0]
     target = sorted(first_class.iterdir())[0]
     Image.fromarray(np.full((32, 32, 3), (250, 5, 128), dtype=np.uint8)).save(target)
-    monkeypatch.setattr(formats, "decode_images", real_decode)
+    monkeypatch.setattr(readers, "decode_images", real_decode)
     changed, changed_labels = load()
     assert torch.equal(changed_labels, labels)
     assert changed[0].flatten(1).unique(dim=1).T.tolist() == [[250, 5, 128]]
@@ -224,15 +224,15 @@ def test_image_folder_cache_is_used_then_rebuilt_when_a_file_changes(tmp_path, m
 
 
 def count_decodes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Makes formats.decode_images record each call (it still decodes); returns the record."""
+    """Makes readers.decode_images record each call (it still decodes); returns the record."""
     calls: list[int] = []
-    real = formats.decode_images
+    real = readers.decode_images
 
     def counting(*args, **kwargs):
         calls.append(len(args[0]))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(formats, "decode_images", counting)
+    monkeypatch.setattr(readers, "decode_images", counting)
     return calls
 
 
@@ -245,7 +245,7 @@ def test_a_broken_cache_file_is_decoded_again_and_replaced(tmp_path, monkeypatch
         return ImageFolderDataModule(folder=str(folder)).read_split(train=True)
 
     images, labels = load()
-    (cache_file,) = Path(formats.default_cache_dir()).glob("imagefolder-*.pt")
+    (cache_file,) = Path(readers.default_cache_dir()).glob("imagefolder-*.pt")
     good = cache_file.read_bytes()
     broken = {  # what a killed copy, a disk error or a stray file could leave under that name
         "truncated": lambda: cache_file.write_bytes(good[: len(good) // 2]),

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from softcal.data import CIFAR10DataModule, CIFAR100DataModule, TensorBatchLoader
 from softcal.data.augment import augment_batch, normalize, random_crop
 from softcal.errors import DataError
-from softcal.synthetic import class_images, write_cifar_dataset, write_image_folder
+from tests.synthetic_data import class_images, write_cifar_dataset, write_image_folder
 
 CIFAR10_CLASSES = CIFAR10DataModule._default_names
 CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))

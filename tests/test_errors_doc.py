@@ -197,7 +197,7 @@ def _one_line(caught: pytest.ExceptionInfo) -> str:
 def test_idx_file_messages(tmp_path):
     import gzip
 
-    from softcal.data.formats import read_idx
+    from softcal.data.readers import read_idx
 
     def idx(name: str, data: bytes) -> Path:
         (tmp_path / name).write_bytes(data)
@@ -226,7 +226,7 @@ def test_cifar_pickle_messages(tmp_path):
 
     import numpy as np
 
-    from softcal.data.formats import read_cifar_batches, read_cifar_names
+    from softcal.data.readers import read_cifar_batches, read_cifar_names
 
     def pickled(name: str, obj: object) -> Path:
         (tmp_path / name).write_bytes(pickle.dumps(obj))
@@ -250,8 +250,8 @@ def test_cifar_pickle_messages(tmp_path):
 
 
 def test_image_folder_messages(tmp_path):
-    from softcal.data.formats import decode_images, image_label_pairs, list_class_folders
-    from softcal.synthetic import write_image_folder
+    from softcal.data.readers import decode_images, image_label_pairs, list_class_folders
+    from tests.synthetic_data import write_image_folder
 
     (tmp_path / "flat" / "train").mkdir(parents=True)
     with pytest.raises(DataError) as caught:
@@ -386,7 +386,7 @@ def test_checkpoint_file_messages(tmp_path):
     import torch
 
     from softcal.runs.checkpoints import checkpoint_hparams, load_checkpoint
-    from softcal.runs.files import resolve_checkpoint
+    from softcal.runs.run_dirs import resolve_checkpoint
 
     with pytest.raises(CheckpointError) as caught:
         resolve_checkpoint(tmp_path / "nope.ckpt")
@@ -451,8 +451,8 @@ def test_checkpoint_of_other_data_messages(tmp_path):
 
 
 def test_run_config_messages(tmp_path):
-    from softcal.runs.files import find_run_dir
     from softcal.runs.load import read_config, rebuild
+    from softcal.runs.run_dirs import find_run_dir
 
     with pytest.raises(CheckpointError) as caught:
         find_run_dir(tmp_path / "best.ckpt")

@@ -18,8 +18,8 @@ from softcal.apps.evaluate import (
     main,
 )
 from softcal.errors import CheckpointError, SoftcalError
-from softcal.runs.files import best_checkpoint
 from softcal.runs.load import load_run, split_overrides
+from softcal.runs.run_dirs import best_checkpoint
 from tests.conftest import run_script
 
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-from softcal.calibration.ood import SCORES, detection_metrics, ood_scores
 from softcal.errors import SoftcalError
+from softcal.uncertainty.ood import SCORES, detection_metrics, ood_scores
 
 
 def np_logsumexp(z: np.ndarray) -> np.ndarray:

@@ -26,11 +26,11 @@ from softcal.apps.ood_sets import (
     noise_images,
     parse_spec,
 )
-from softcal.calibration.ood import SCORES
 from softcal.errors import SoftcalError
 from softcal.runs.load import load_run
-from softcal.synthetic import write_idx_dataset
+from softcal.uncertainty.ood import SCORES
 from tests.conftest import run_script
+from tests.synthetic_data import write_idx_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -17,10 +17,10 @@ from softcal.apps.export import main as export_main
 from softcal.apps.export import metadata, probability_model
 from softcal.apps.predict import main as predict_main
 from softcal.apps.predict import predict_probabilities, read_images
-from softcal.data.formats import decode_images, image_label_pairs, read_idx
+from softcal.data.readers import decode_images, image_label_pairs, read_idx
 from softcal.errors import CheckpointError, DataError
-from softcal.runs.files import best_checkpoint
 from softcal.runs.load import load_run
+from softcal.runs.run_dirs import best_checkpoint
 from tests.conftest import REPO, TINY, run_script
 
 

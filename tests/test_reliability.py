@@ -152,7 +152,7 @@ def test_resuming_with_more_epochs_than_the_schedule_was_planned_for(mnist_root,
 
 
 def test_truncated_idx_via_the_script(tmp_path):
-    from softcal.synthetic import write_idx_dataset
+    from tests.synthetic_data import write_idx_dataset
 
     raw = write_idx_dataset(tmp_path, n_train=200, n_test=50)
     path = raw / "t10k-images-idx3-ubyte"
@@ -178,8 +178,9 @@ def test_two_processes_compute_what_one_does(mnist_root, tmp_path):
     run_dir = tmp_path / "ddp" / "mnist" / "version_0"
     # Each process validated its own shard; the temperature was fitted on both shards'
     # logits gathered: it equals a fit on the whole validation split in one process.
-    from softcal.calibration.temperature import collect_logits, fit_temperature
+    from softcal.calibration.temperature import fit_temperature
     from softcal.runs.load import load_run
+    from tests.helpers import collect_logits
 
     run = load_run(run_dir, ["--data.init_args.root", str(mnist_root)])
     run.datamodule.setup("fit")

@@ -17,11 +17,11 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from softcal.atomic_files import atomic_write_bytes
 from softcal.checks import check_epochs
 from softcal.data import ImageFolderDataModule, MNISTDataModule
-from softcal.data.formats import content_key, image_label_pairs, load_image_folder
+from softcal.data.readers import content_key, image_label_pairs, load_image_folder
 from softcal.errors import CheckpointError, DataError, SoftcalError
 from softcal.model.module import Classifier
 from softcal.runs.checkpoint_io import AtomicCheckpointIO, with_atomic_checkpoints
-from softcal.synthetic import write_image_folder
+from tests.synthetic_data import write_image_folder
 from tests.test_reliability import _train as reliability_train
 
 
@@ -323,7 +323,7 @@ def test_the_sigterm_while_testing_line_without_a_checkpoint():
 def test_a_lost_node_is_named_in_one_line_and_other_errors_pass_through():
     from types import SimpleNamespace
 
-    from softcal.runs.peers import lost_peer_error
+    from softcal.runs.lost_peer import lost_peer_error
 
     gloo = RuntimeError("[gloo/transport/tcp/pair.cc:545] Read error [127.0.0.1]:27036: Connection reset"
                         " by peer. This is typically caused by a remote worker hanging\nmore")  # fmt: skip

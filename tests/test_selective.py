@@ -15,7 +15,8 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from softcal.calibration.selective import (
+from softcal.errors import SoftcalError
+from softcal.uncertainty.selective import (
     aurc,
     e_aurc,
     misclassification_auroc,
@@ -25,7 +26,6 @@ from softcal.calibration.selective import (
     risk_coverage_curve,
     selective_report,
 )
-from softcal.errors import SoftcalError
 
 # ----------------------------------------------------------------------------- references
 

@@ -22,14 +22,14 @@ from softcal.apps.export import main as export_main
 from softcal.apps.predict import main as predict_main
 from softcal.calibration.calibrators import METHODS, make_calibrator
 from softcal.calibration.stored import calibration_summary
-from softcal.calibration.temperature import collect_logits
 from softcal.errors import SoftcalError
 from softcal.model.module import Classifier
 from softcal.runs.checkpoints import load_weights
 from softcal.runs.load import load_run
 from softcal.runs.results_table import format_results
-from softcal.synthetic import write_idx_dataset
 from tests.conftest import REPO, TINY, run_script
+from tests.helpers import collect_logits
+from tests.synthetic_data import write_idx_dataset
 
 SLOT_KEY = "calibrator._extra_state"
 

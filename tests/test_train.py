@@ -14,14 +14,15 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from softcal.apps.cli import trainer_settings_error
 from softcal.apps.train import main as train
-from softcal.calibration.temperature import collect_logits, fit_temperature
+from softcal.calibration.temperature import fit_temperature
 from softcal.data import MNISTDataModule
 from softcal.errors import CheckpointError, SoftcalError
 from softcal.model.module import Classifier
 from softcal.model.optimization import build_schedule, parameter_groups
-from softcal.runs.files import resolve_checkpoint
 from softcal.runs.results_table import format_results
+from softcal.runs.run_dirs import resolve_checkpoint
 from tests.conftest import TINY, run_script
+from tests.helpers import collect_logits
 
 
 def _tiny(root: Path, save_dir: Path, *extra: str) -> list[str]:

@@ -18,7 +18,6 @@ from typing import Any
 import yaml
 
 from softcal.allocator import keep_freed_memory
-from softcal.synthetic import write_cifar_dataset, write_idx_dataset, write_image_folder
 from softcal_bench import report
 from softcal_bench.data_path import measure_data_path
 from softcal_bench.machine import load_average, machine_info, reset_peak_rss, rss_mib
@@ -26,6 +25,7 @@ from softcal_bench.overhead import median_per_epoch, run_interleaved
 from softcal_bench.overlays import config_args, merged, parse_spec
 from softcal_bench.seeds import REPO, fresh_cache, run_seeds, seed_measures
 from softcal_bench.targets import TARGETS
+from tests.synthetic_data import write_cifar_dataset, write_idx_dataset, write_image_folder
 
 Measured = tuple[str, dict[str, float | None]]  # a part's markdown, the values targets are checked on
 #: name -> (config in configs/, whether it trains); the others measure the data path alone.

@@ -29,7 +29,7 @@ import torch
 from softcal.calibration.calibrators import ALL_METHODS_FOR_COMPARISON, make_calibrator
 from softcal.calibration.metrics import TopLabelBins, calibration_metrics
 from softcal.errors import SoftcalError
-from softcal.runs.files import atomic_write_bytes, atomic_write_json
+from softcal.runs.run_dirs import atomic_write_bytes, atomic_write_json
 
 #: The table's columns: (metric key of calibration_metrics, header, shown as a percentage).
 COLUMNS = (

@@ -28,8 +28,8 @@ from softcal.errors import SoftcalError, softcal_cause
 from softcal.model.module import Classifier
 from softcal.runs.checkpoint_io import with_atomic_checkpoints
 from softcal.runs.dashboard import RunDashboard
-from softcal.runs.files import latest_run_with_last
 from softcal.runs.last_checkpoint import LastCheckpoint
+from softcal.runs.run_dirs import latest_run_with_last
 
 #: ``--calibrator`` values: softcal.calibration.calibrators.METHODS, spelled out for the parser.
 CalibratorName = Literal["temperature", "vector", "matrix", "histogram", "isotonic"]

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 from softcal.apps import evaluation_analyses
 from softcal.errors import exit_on_user_error
-from softcal.runs.files import atomic_write_json
 from softcal.runs.load import RUN_HELP, LoadedRun, load_run, split_overrides
+from softcal.runs.run_dirs import atomic_write_json
 
 if TYPE_CHECKING:
     from lightning.pytorch import Callback, Trainer

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from softcal.errors import SoftcalError
-from softcal.runs.files import atomic_write_json
+from softcal.runs.run_dirs import atomic_write_json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -76,7 +76,7 @@ def selective_outputs(evaluation: Any, state: dict[str, Any], out_dir: Path) -> 
     from the (confidence, correct) pairs evaluate's SelectivePrediction callback kept - the
     pairs behind the ``test/aurc ...`` metrics evaluate prints - else from the logits."""
     from softcal.calibration import figures
-    from softcal.calibration.selective import risk_coverage_curve, selective_report
+    from softcal.uncertainty.selective import risk_coverage_curve, selective_report
 
     model, kept = state["run"].model, state.get("selective") or {}
     labels = {"raw": "raw (T = 1)", "calibrated": calibrated_label(model)}

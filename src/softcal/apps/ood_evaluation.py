@@ -3,10 +3,10 @@
 The in-distribution set is the evaluated split (the test set by default) with the logits
 evaluate's own test run computed; the OOD set (:mod:`softcal.apps.ood_sets`: noise, an image
 folder or a datamodule config's test split) goes through the same Trainer and preprocessing.
-Every score of :data:`softcal.calibration.ood.SCORES` (higher = more in-distribution) is
+Every score of :data:`softcal.uncertainty.ood.SCORES` (higher = more in-distribution) is
 computed raw (T = 1) and calibrated (the run's fitted T), and each is scored by AUROC,
 AUPR-in, AUPR-out and FPR at 95% TPR (in-distribution positive; see
-:mod:`softcal.calibration.ood` for the exact definitions).
+:mod:`softcal.uncertainty.ood` for the exact definitions).
 
 Files: ``ood.json`` (every number, the sets and their conversion notes), ``ood.md`` (one
 markdown table per OOD set) and ``ood/<set>_<score>.png``, the histogram of each raw score on
@@ -25,8 +25,8 @@ from typing import Any
 import torch
 
 from softcal.apps.ood_sets import OODSet, OODSpec, load_ood_set
-from softcal.calibration.ood import SCORES, detection_metrics, ood_scores
-from softcal.runs.files import atomic_write_bytes, atomic_write_json
+from softcal.runs.run_dirs import atomic_write_bytes, atomic_write_json
+from softcal.uncertainty.ood import SCORES, detection_metrics, ood_scores
 
 #: The table's columns: (metric key of detection_metrics, header).
 COLUMNS = (("auroc", "AUROC"), ("aupr_in", "AUPR-in"), ("aupr_out", "AUPR-out"),

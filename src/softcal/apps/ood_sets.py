@@ -122,7 +122,7 @@ def _channels(n: int) -> str:
 def folder_images(folder: Path, channels: int, size: tuple[int, int]) -> tuple[torch.Tensor, list[str]]:
     """Every image under ``folder`` decoded like an image-folder dataset (PIL conversion to the
     model's mode and size), with notes counting the images that needed converting."""
-    from softcal.data.formats import IMAGE_SUFFIXES, decode_images
+    from softcal.data.readers import IMAGE_SUFFIXES, decode_images
 
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
                    and not any(part.startswith(".") for part in p.relative_to(folder).parts))  # fmt: skip

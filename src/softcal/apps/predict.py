@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from softcal.data.formats import IMAGE_SUFFIXES, decode_images
+from softcal.data.readers import IMAGE_SUFFIXES, decode_images
 from softcal.errors import DataError, exit_on_user_error
 from softcal.runs.load import LoadedRun, load_run, run_argument_parser
 

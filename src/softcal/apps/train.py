@@ -24,10 +24,10 @@ from softcal.calibration.stored import calibration_summary
 from softcal.errors import exit_on_user_error
 from softcal.runs.checkpoints import check_checkpoint_fits, checkpoint_hparams, load_checkpoint
 from softcal.runs.dashboard import finish_dashboard
-from softcal.runs.files import atomic_write_json
 from softcal.runs.last_checkpoint import LastCheckpoint, sigterm_message
-from softcal.runs.peers import lost_peer_error
+from softcal.runs.lost_peer import lost_peer_error
 from softcal.runs.results_table import format_results
+from softcal.runs.run_dirs import atomic_write_json
 
 
 def saved_checkpoint(trainer: Trainer) -> str:

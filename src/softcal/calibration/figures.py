@@ -124,7 +124,7 @@ def confusion_matrix_figure(
 def risk_coverage_figure(curves: dict[str, tuple[torch.Tensor, torch.Tensor]],
                          title: str = "Risk-coverage curve") -> Figure:  # fmt: skip
     """Selective risk against coverage for each named (coverage, risk) curve - e.g. raw and
-    calibrated, as :func:`softcal.calibration.selective.risk_coverage_curve` returns them - and
+    calibrated, as :func:`softcal.uncertainty.selective.risk_coverage_curve` returns them - and
     dotted, the best curve possible at each curve's accuracy a (every wrong prediction least
     confident: risk max(0, 1 - a / coverage)). The legend shows the names as given: put the
     AURC in them (the figure cannot tell tied groups apart, so it computes none).
@@ -164,7 +164,7 @@ def score_histogram_figure(
     """Histograms of one OOD score for the in-distribution and the OOD inputs on shared bins,
     each normalised to its own count; the title carries AUROC and FPR at 95% TPR. Little
     overlap means the score tells the two sets apart."""
-    from softcal.calibration.ood import detection_metrics
+    from softcal.uncertainty.ood import detection_metrics
 
     inside = torch.as_tensor(score_in).detach().cpu().double().numpy().ravel()
     outside = torch.as_tensor(score_out).detach().cpu().double().numpy().ravel()

@@ -1,7 +1,7 @@
 """Selective prediction at test, in the logged metrics and in TensorBoard.
 
 At the end of testing, :class:`SelectivePrediction` logs AURC, E-AURC, the risk at 80/90/95%
-coverage and the misclassification AUROC (``softcal.calibration.selective``) for the raw
+coverage and the misclassification AUROC (``softcal.uncertainty.selective``) for the raw
 softmax (``test/...``) and the calibrated one (``test_calibrated/...``), and draws both
 risk-coverage curves in one picture. Unlike the binned metrics these rank every prediction, so
 the callback keeps one confidence and one correct/wrong flag per test image (8 bytes each),
@@ -17,7 +17,7 @@ import lightning as L
 import torch
 
 from softcal.calibration.callbacks import gather_from_all_processes
-from softcal.calibration.selective import risk_coverage_curve, selective_report
+from softcal.uncertainty.selective import risk_coverage_curve, selective_report
 
 #: (stage, calibrated): the stages the callback reports, as the module's own test metrics do.
 STAGES = (("test", False), ("test_calibrated", True))

@@ -8,7 +8,6 @@ order of the logits, so predictions - and accuracy - never change; only the conf
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -47,24 +46,3 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 
     if not math.isfinite(temperature):
         return None
     return min(max(temperature, MIN_TEMPERATURE), MAX_TEMPERATURE)
-
-
-@torch.no_grad()
-def collect_logits(
-    net: torch.nn.Module,
-    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    preprocess: Callable[[torch.Tensor], torch.Tensor],
-    device: torch.device,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run ``net`` in eval mode over (uint8 images, labels) batches; return logits and labels."""
-    was_training = net.training
-    net.eval()
-    all_logits, all_labels = [], []
-    try:
-        for images, labels in batches:
-            x = preprocess(images.to(device, non_blocking=True))
-            all_logits.append(net(x).float().cpu())
-            all_labels.append(labels.cpu())
-    finally:
-        net.train(was_training)
-    return torch.cat(all_logits), torch.cat(all_labels)

@@ -2,7 +2,7 @@
 
 Configs name the datamodules by these paths (``softcal.data.MNISTDataModule``), so every one is
 re-exported here, whatever module it lives in. The re-exports are resolved on first use: the
-Lightning-free modules (``formats``, ``augment``, ``loader``) can then be imported without
+Lightning-free modules (``readers``, ``augment``, ``loader``) can then be imported without
 Lightning, which lets ``predict`` report a wrong path before paying for that import.
 """
 
@@ -15,8 +15,8 @@ if TYPE_CHECKING:
     from softcal.data.cifar import CIFAR10DataModule, CIFAR100DataModule
     from softcal.data.datamodule import ClassificationDataModule, default_data_root
     from softcal.data.folder import ImageFolderDataModule
-    from softcal.data.idx import FashionMNISTDataModule, MNISTDataModule
     from softcal.data.loader import Batch, TensorBatchLoader
+    from softcal.data.mnist import FashionMNISTDataModule, MNISTDataModule
 
 #: where each re-exported name lives
 _HOMES = {
@@ -24,15 +24,15 @@ _HOMES = {
     "TensorBatchLoader": "loader",
     "ClassificationDataModule": "datamodule",
     "default_data_root": "datamodule",
-    "MNISTDataModule": "idx",
-    "FashionMNISTDataModule": "idx",
+    "MNISTDataModule": "mnist",
+    "FashionMNISTDataModule": "mnist",
     "CIFAR10DataModule": "cifar",
     "CIFAR100DataModule": "cifar",
     "ImageFolderDataModule": "folder",
 }
 #: the modules that define datamodules: imported together, so that LightningCLI, which finds
 #: ``--data MNISTDataModule`` among the imported subclasses, sees every one of them
-_DATAMODULE_HOMES = ("datamodule", "idx", "cifar", "folder")
+_DATAMODULE_HOMES = ("datamodule", "mnist", "cifar", "folder")
 
 __all__ = [
     "Batch",

@@ -9,8 +9,8 @@ from typing import Any
 
 from softcal.data.datamodule import ClassificationDataModule
 from softcal.data.download import why_missing
-from softcal.data.formats import list_class_folders, load_image_folder, read_cifar_batches, read_cifar_names
 from softcal.data.loader import Batch
+from softcal.data.readers import list_class_folders, load_image_folder, read_cifar_batches, read_cifar_names
 from softcal.errors import DataError
 
 

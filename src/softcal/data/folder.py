@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from softcal.data.datamodule import ClassificationDataModule
-from softcal.data.formats import list_class_folders, load_image_folder
 from softcal.data.loader import Batch
+from softcal.data.readers import list_class_folders, load_image_folder
 from softcal.errors import DataError
 
 

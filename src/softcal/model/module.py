@@ -41,7 +41,7 @@ from softcal.model.optimization import (
     build_schedule,
     parameter_groups,
 )
-from softcal.model.totals import TrainingTotals
+from softcal.model.training_totals import TrainingTotals
 
 #: Builds a net from (in_channels, num_classes, image_size); configs name a class from
 #: softcal.model.nets (or any importable nn.Module with that signature) and its other arguments.

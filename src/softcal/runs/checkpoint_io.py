@@ -4,7 +4,7 @@ Lightning's default writer saves to a temporary file wherever fsspec puts it (of
 temp directory, a tmpfs) and then moves it into place. Across filesystems that move is a copy
 over the old file: a disk that fills up, or a kill, mid-copy destroys the previous good
 checkpoint. :class:`AtomicCheckpointIO` writes beside the destination instead and renames, with
-:func:`softcal.runs.files.atomic_write_bytes`, so the previous file survives any failure.
+:func:`softcal.runs.run_dirs.atomic_write_bytes`, so the previous file survives any failure.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 from lightning.fabric.plugins import CheckpointIO, TorchCheckpointIO
 
 from softcal.errors import CheckpointError
-from softcal.runs.files import atomic_write_bytes
+from softcal.runs.run_dirs import atomic_write_bytes
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -30,7 +30,7 @@ from softcal.runs.checkpoints import (
     load_checkpoint,
     load_weights,
 )
-from softcal.runs.files import find_run_dir, resolve_checkpoint
+from softcal.runs.run_dirs import find_run_dir, resolve_checkpoint
 
 if TYPE_CHECKING:
     from jsonargparse import ArgumentParser, Namespace

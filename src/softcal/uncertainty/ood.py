@@ -33,8 +33,8 @@ import math
 import torch
 from torch import Tensor
 
-from softcal.calibration.selective import auroc
 from softcal.errors import SoftcalError
+from softcal.uncertainty.selective import auroc
 
 #: The score names ood_scores returns, each higher for more in-distribution inputs.
 SCORES = ("msp", "max_logit", "energy", "entropy")

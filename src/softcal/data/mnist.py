@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from softcal.data.datamodule import ClassificationDataModule
-from softcal.data.formats import find_with_gz, read_idx
 from softcal.data.loader import Batch
+from softcal.data.readers import find_with_gz, read_idx
 from softcal.errors import DataError
 
 

@@ -1,0 +1,1 @@
+"""Uncertainty in use: abstaining on the least confident predictions, spotting unfamiliar inputs."""
