@@ -62,6 +62,8 @@ class Evaluation:
     class_names: list[str] = field(default_factory=list)
     #: what the calibrated metrics used: "temperature", the run's stored --calibrator, or None
     calibration_method: str | None = None
+    #: the calibrated column's header (``RunCalibration.label()``)
+    calibration_label: str = "T = 1, not fitted"
     out_dir: Path | None = None
     files: list[Path] = field(default_factory=list)
 
@@ -111,10 +113,11 @@ def evaluate_checkpoint(
         run_dir=run.run_dir,
         split=split,
         dataset=datamodule.name,
-        temperature=run.temperature,
+        temperature=run.calibration.temperature,
         metrics={key_for_split(k, split): float(v) for k, v in sorted(metrics.items())},
         class_names=run.class_names,
-        calibration_method=run.calibration_method,
+        calibration_method=run.calibration.method,
+        calibration_label=run.calibration.label(),
     )
     raw = drawn.finished["test"]
     calibrated = drawn.finished.get("test_calibrated", raw)  # T = 1 when none is fitted
@@ -270,7 +273,7 @@ def results_table(e: Evaluation) -> str:
     from softcal.runs.results_table import format_results
 
     title = f"{e.dataset} {e.split} split, checkpoint {e.checkpoint}"
-    return format_results(e.metrics, e.temperature, title, split=e.split, method=e.calibration_method)
+    return format_results(e.metrics, e.calibration_label, title, split=e.split)
 
 
 def _label(path: str | Path, evaluation: Evaluation) -> str:

@@ -64,8 +64,7 @@ def analyse(evaluation: Any, state: dict[str, Any], out_dir: Path,
 
 def calibrated_label(model: Any) -> str:
     """How the run's calibrated probabilities are made, for a legend or a row."""
-    method = getattr(model, "calibration_method", lambda: None)()
-    t = model.fitted_temperature()
+    method, t = model.calibration.method, model.calibration.temperature
     if method not in (None, "temperature"):
         return f"calibrated ({method})"
     return f"calibrated (T = {t:.3f})" if t is not None else "calibrated (nothing fitted: T = 1)"

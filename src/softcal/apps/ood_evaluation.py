@@ -136,7 +136,7 @@ def run_ood(state: dict[str, Any], evaluation: Any, out_dir: Path,
     run = state["run"]
     logits_in = state["logits"]
     in_name = f"{evaluation.dataset} {evaluation.split}"
-    temperature = run.temperature
+    temperature = run.calibration.temperature
     detections = []
     for spec in specs:
         ood = load_ood_set(spec, run.in_channels, run.image_size, len(logits_in))
