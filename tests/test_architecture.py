@@ -33,6 +33,7 @@ LAYERS: dict[str, int] = {
     "synthetic": 0,
     "data": 1,
     "calibration": 1,
+    "shift": 1,  # the CIFAR-10-C corruptions: torch/numpy/PIL, errors, and data's default root
     "model": 2,
     "runs": 3,
     "apps": 4,
