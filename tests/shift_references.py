@@ -76,10 +76,11 @@ def jpeg(x: np.ndarray, quality: int) -> np.ndarray:
 
 
 def _cv2_gaussian_taps(ksize: int, sigma: float) -> np.ndarray:
-    """cv2.getGaussianKernel(ksize, sigma) for sigma > 0, as float32."""
+    """cv2.getGaussianKernel(ksize, sigma, CV_32F) for sigma > 0: float32 exponentials, their
+    sum in double, each tap float32(tap / sum)."""
     x = np.arange(ksize) - (ksize - 1) / 2
-    taps = np.exp(-(x**2) / (2 * sigma**2))
-    return (taps / taps.sum()).astype(np.float32)
+    taps = np.exp(-0.5 / sigma**2 * x**2).astype(np.float32)
+    return (taps.astype(np.float64) * (1.0 / taps.astype(np.float64).sum())).astype(np.float32)
 
 
 def disk(radius: float, alias_blur: float) -> np.ndarray:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from softcal.shift.filters import border_index, clipped_zoom_matrix, correlation_matrix, separable, to_uint8
+from softcal.shift.filters import border_index, clipped_zoom_matrix, to_uint8
 
 #: defocus_blur: (disk radius, sigma of the 3x3 Gaussian that anti-aliases the disk).
 DEFOCUS = ((0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (1, 0.2), (1.5, 0.1))
@@ -28,8 +28,10 @@ _DISK_HALF = 8
 
 def disk_kernel(radius: float, alias_blur: float) -> Tensor:
     """The reference's anti-aliased disk: a normalised 0/1 disk on a 17 x 17 grid, blurred by
-    OpenCV's GaussianBlur(ksize=3, sigma=alias_blur). float32, as OpenCV computes it.
+    OpenCV's GaussianBlur(ksize=3, sigma=alias_blur), float32 step by step as OpenCV does it.
 
+    The float32 bits matter: the kernel sums to 1 + 1e-9 .. 5e-8, and that excess, not the
+    image, decides whether a flat region of value v stays v after the reference's truncation.
     Only radii up to 8 (every CIFAR severity) are supported: the reference switches to another
     grid and kernel size above that.
     """
@@ -37,12 +39,19 @@ def disk_kernel(radius: float, alias_blur: float) -> Tensor:
         raise ValueError(f"disk radius {radius} > {_DISK_HALF} is outside the CIFAR-10-C recipe")
     grid = torch.arange(-_DISK_HALF, _DISK_HALF + 1, dtype=torch.float32)
     inside = (grid.unsqueeze(1) ** 2 + grid.unsqueeze(0) ** 2) <= radius**2
-    disk = inside.float() / inside.sum()
-    # OpenCV's 3-tap Gaussian: weights computed in double, stored as float for a float image.
-    taps = torch.exp(-0.5 / (alias_blur * alias_blur) * torch.tensor([1.0, 0.0, 1.0], dtype=torch.float64))
-    taps = (taps / taps.sum()).float()
-    blur = correlation_matrix(2 * _DISK_HALF + 1, taps.double(), "reflect101").float()
-    return separable(disk, blur, blur)
+    disk = inside.float() / inside.float().sum()
+    # cv2.getGaussianKernel(3, sigma, CV_32F): float32 exponentials, their sum in double, each
+    # tap float32(tap / sum).
+    raw = torch.exp(-0.5 / (alias_blur * alias_blur) * torch.tensor([1.0, 0.0], dtype=torch.float64)).float()
+    scale = 1.0 / (2 * raw[0].double() + raw[1].double())
+    side, centre = (raw.double() * scale).float()  # two float32 scalars
+    # OpenCV's separable 3-tap symmetric filter, rows then columns: centre * x + side * (left +
+    # right), in float32, reflect-101 at the grid's border.
+    index = border_index(torch.arange(-1, 2 * _DISK_HALF + 2), 2 * _DISK_HALF + 1, "reflect101")
+    padded = disk[:, index]
+    disk = padded[:, 1:-1] * centre + (padded[:, :-2] + padded[:, 2:]) * side
+    padded = disk[index, :]
+    return padded[1:-1] * centre + (padded[:-2] + padded[2:]) * side
 
 
 def defocus_blur(images: Tensor, severity: int) -> Tensor:

@@ -28,16 +28,26 @@ Per severity 1..5, in the canonical order (the module holding each, and its tabl
 * jpeg_compression (digital.JPEG_QUALITY): PIL JPEG quality 80, 65, 58, 50, 40.
 
 Pixels come out as the reference's ``np.uint8`` of its float result (truncated, not
-rounded). Where ours differs from the reference, the module says so in its docstring:
-glass (exact vectorised shuffle; only the random generator differs), motion (our own
-ImageMagick-equivalent line blur), frost (PIL decoding, grey crops, large images), elastic
-(no 1/32-pixel rounding of OpenCV's positions), digital (brightness without the HSV round
-trip). Grey (C = 1) images get every corruption on their one channel; other sizes get the
-same parameters, with sizes (crops, fractal, elastic) following the image.
+rounded; motion blur and snow's flakes are rounded, as ImageMagick writes them). The script's
+quirks are kept, since CIFAR-10-C was made with them: glass offsets come from
+``randint(-1, 1)``, i.e. {-1, 0}; zoom's ``np.arange`` gives 7, 12, 16, 21, 26 factors; the
+fractal's noise is wibble * U(-wibble, wibble); frost picks only frost1-5 (``randint(5)``)
+and never a crop touching the last row or column; motion blur's severities 3 and 4 differ
+only in taps weighing under 1e-9; and glass, motion, frost and elastic do not change the
+image more at every higher severity.
+
+Where ours differs from the reference, the module says so in its docstring: glass (an exact
+vectorised form of the sequential shuffle; only the random generator differs), motion and
+snow (our own ImageMagick-equivalent line blur, one rounding instead of Q16 intermediates),
+frost (PIL decoding, grey crops, photographs enlarged for images over 62 x 96), elastic (no
+1/32-pixel rounding of OpenCV's sample positions; parameters relative to min(H, W)),
+digital (brightness by scaling r, g, b instead of the HSV round trip). Grey (C = 1) images
+get every corruption on their one channel; other sizes get the same parameters, with the
+sizes that follow the image (crops, fractal side, elastic's pixels) following it.
 
 Random draws are seeded per (seed, corruption, severity, block of 256 absolute image
 indices), so an image's corruption does not depend on the batch it comes in
-(``softcal.shift.seeding``).
+(``softcal.shift.seeding``); numpy's global stream, which the script used, is not used.
 """
 
 from __future__ import annotations
@@ -60,7 +70,7 @@ CORRUPTIONS: tuple[str, ...] = (
 )  # fmt: skip
 SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
 
-#: What each corruption draws per image (None: deterministic), from (severity, (C, H, W)).
+#: The random corruptions' samplers, from (severity, (C, H, W)); the others draw nothing.
 _DRAWS: dict[str, Callable[[int, tuple[int, int, int]], Sampler]] = {
     "gaussian_noise": lambda severity, shape: standard_normal(shape),
     "shot_noise": lambda severity, shape: uniform(shape),
@@ -104,6 +114,7 @@ def corrupt(images: Tensor, name: str, severity: int, *, seed: int = 0, first_in
     _check_name(name, allow_all=False)
     _check_severity(severity)
     _check_images(images)
+    severity = int(severity)  # 3.0 or numpy's 3 index the tables as 3 does
     if seed < 0 or first_index < 0:
         raise ValueError(f"seed ({seed}) and first_index ({first_index}) must be >= 0")
     device, x = images.device, images.cpu()

@@ -1,9 +1,10 @@
-"""Resampling and filtering primitives shared by the corruption families.
+"""Primitives the corruption families share: the reference's truncation to uint8, luma,
+image-border rules, and the 1-D linear maps (scipy's Gaussian filter, the reference's clipped
+zoom) as (out, in) matrices.
 
-Everything here is a linear map along one image axis, written as an (out, in) matrix so that a
-whole batch is filtered by two matrix products (rows, then columns). Building the matrix once
-per call keeps each library's boundary rule (scipy's 'nearest' and 'reflect', OpenCV's
-reflect-101) in one place, exactly, for any image size.
+A matrix per axis filters a whole batch with two matrix products (rows, then columns) and
+keeps each library's border rule (scipy's 'nearest' and 'reflect', OpenCV's reflect-101) in
+one place, exact for any image size.
 """
 
 from __future__ import annotations

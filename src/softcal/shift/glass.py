@@ -21,7 +21,7 @@ neighbours (if visited), in that order, and all of them are visited before p. So
 
 The only difference from the reference is where the offsets come from (a seeded torch
 generator per image instead of numpy's global stream); for the same offsets the result is
-bit for bit the reference loop's (tests/test_corruptions_random.py checks it against the loop).
+bit for bit the reference loop's (tests/test_corruptions_reference.py checks it against the loop).
 """
 
 from __future__ import annotations
