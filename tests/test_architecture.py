@@ -33,6 +33,7 @@ LAYERS: dict[str, int] = {
     "data": 1,
     "calibration": 1,
     "uncertainty": 1,  # selective prediction and OOD detection: scores and metrics
+    "shift": 1,  # the CIFAR-10-C corruptions: torch/numpy/PIL, errors, and data's default root
     "model": 2,
     "runs": 3,
     "apps": 4,
