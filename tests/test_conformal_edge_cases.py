@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from softcal.conformal import METHODS, ConformalPredictor, coverage_report, fit_conformal
+from softcal.conformal.scores import ranked_mass
 from tests.conformal_data import miscalibrated_probs
 
 
@@ -21,23 +22,33 @@ def data() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_too_few_validation_examples_give_full_sets(data, method: str) -> None:
-    """k = ceil((n + 1)(1 - alpha)) > n - alpha 0.01 with n = 50, or n = 8 < 1/0.1 - 1 at
-    alpha 0.1 - gives q = +inf: every class in every set, coverage 1 (the guarantee holds
-    trivially; the largest score would give only n/(n + 1) < 1 - alpha). One example more
-    than 1/alpha - 1 (n = 9 at 0.1) gives the largest score, a finite threshold."""
+def test_alpha_too_small_for_the_split_gives_full_sets(data, method: str) -> None:
+    """alpha 0.01 with n = 50: k = ceil(51 * 0.99) = 51 > n, so q = +inf - every class in every
+    set, coverage 1. The guarantee holds trivially; the largest score instead would cover
+    only n/(n + 1) = 0.98 < 0.99 on average. The stored state writes the threshold as "inf"."""
     probs, labels = data
-    for alpha, n in ((0.01, 50), (0.1, 8)):
-        predictor = fit_conformal(method, alpha, probs[:n], labels[:n])
-        assert torch.isinf(predictor.threshold).all()
-        assert predictor.prediction_sets(probs[n:]).all()
-        assert json.loads(json.dumps(predictor.state(), allow_nan=False))["threshold"] in (
-            "inf",
-            ["inf"] * 10,
+    predictor = fit_conformal(method, 0.01, probs[:50], labels[:50])
+    assert torch.isinf(predictor.threshold).all()
+    assert predictor.prediction_sets(probs[50:]).all()
+    assert json.loads(json.dumps(predictor.state(), allow_nan=False))["threshold"] in ("inf", ["inf"] * 10)
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "classwise_lac"])
+def test_a_split_smaller_than_one_over_alpha(data, method: str) -> None:
+    """alpha 0.1: n = 8 < 1/alpha - 1 gives q = +inf (full sets); n = 9, still below
+    1/alpha = 10 (where MAPIE refuses), gives k = ceil(10 * 0.9) = 9 = n: the largest score.
+    (classwise_lac per class: test_class_with_few_examples_is_always_included.)"""
+    probs, labels = data
+    eight = fit_conformal(method, 0.1, probs[:8], labels[:8])
+    assert torch.isinf(eight.threshold) and eight.prediction_sets(probs[50:]).all()
+    nine = fit_conformal(method, 0.1, probs[:9], labels[:9])  # raps: too small to tune, all 9 calibrate
+    assert math.isfinite(float(nine.threshold)) and nine.n_calibration == 9
+    if method in ("lac", "aps"):
+        rows = torch.arange(9)
+        scores = (
+            1 - probs[rows, labels[:9]] if method == "lac" else ranked_mass(probs[:9])[1][rows, labels[:9]]
         )
-    if method != "classwise_lac":  # (per class: class_with_few_examples test)
-        nine = fit_conformal(method, 0.1, probs[:9], labels[:9])
-        assert math.isfinite(float(nine.threshold))
+        assert float(nine.threshold) == float(scores.max())
 
 
 def test_class_with_few_examples_is_always_included(data) -> None:

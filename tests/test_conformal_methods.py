@@ -112,6 +112,8 @@ def test_ties_are_ranked_by_class_index() -> None:
     assert include_last_sets(probs, torch.tensor(0.65, dtype=torch.float64)).tolist() == [[True, True, False]]
     uniform = torch.full((1, 4), 0.25, dtype=torch.float64)
     assert ranked_mass(uniform)[0].tolist() == [[1, 2, 3, 4]]
+    wide = torch.cat([torch.full((1, 40), 1 / 40), torch.tensor([[0.3, 0.4, 0.3] + [0.0] * 37])]).double()
+    assert ranked_mass(wide)[0].tolist() == [list(range(1, 41)), [2, 1, 3, *range(4, 41)]]
     predictor = fit_conformal("aps", 0.5, uniform.expand(3, 4), torch.tensor([0, 1, 3]))
     assert float(predictor.threshold) == 0.5  # scores 0.25, 0.5, 1.0: k = ceil(4 * 0.5) = 2
     assert predictor.prediction_sets(uniform).tolist() == [[True, True, False, False]]
