@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from softcal.errors import DataError, SoftcalError, first_line, softcal_cause
+from softcal.errors import DataError, SoftcalError
 
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
@@ -147,29 +147,14 @@ def folder_images(folder: Path, channels: int, size: tuple[int, int]) -> tuple[t
 
 
 def config_datamodule(spec: OODSpec) -> Any:
-    """The datamodule the config's ``data`` section describes (instantiated, not set up)."""
-    import yaml
-    from jsonargparse import ArgumentParser
-
-    from softcal.data import ClassificationDataModule
+    """The datamodule the config's ``data`` section describes (instantiated, not set up), read
+    as training reads it: the config's bases first, the same parser (softcal.runs.run_config)."""
+    from softcal.apps.config_files import config_chain
+    from softcal.runs.run_config import config_datamodule as datamodule_of
 
     assert spec.path is not None
     where = f"--ood {spec.text}" + ("" if str(spec.path) == spec.text else f" ({spec.path})")
-    try:
-        data = (yaml.safe_load(spec.path.read_text()) or {}).get("data")
-    except (OSError, ValueError, yaml.YAMLError, AttributeError) as err:  # ValueError: not text
-        raise SoftcalError(f"{where}: not a readable YAML config ({first_line(err)})") from err
-    if not data:
-        raise SoftcalError(f"{where}: the config has no data section; pass a datamodule config")
-    parser = ArgumentParser(exit_on_error=False)
-    parser.add_subclass_arguments(ClassificationDataModule, "data", required=True)
-    try:
-        return parser.instantiate_classes(parser.parse_object({"data": data})).data
-    except Exception as err:  # jsonargparse reports bad class paths and values many ways
-        cause = softcal_cause(err)
-        if cause is not None:
-            raise cause from None
-        raise SoftcalError(f"{where}: the config cannot build its datamodule ({first_line(err)})") from err
+    return datamodule_of(config_chain(spec.path), where)
 
 
 def load_ood_set(spec: OODSpec, channels: int, size: tuple[int, int], n_noise: int) -> OODSet:
