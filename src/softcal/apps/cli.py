@@ -23,6 +23,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from softcal.allocator import FreezeStartupObjects, keep_freed_memory
 from softcal.apps.command_line import command_line
+from softcal.apps.train_help import EPILOG, USAGE, TrainHelpFormatter, print_help, title_groups
 from softcal.calibration.callbacks import CalibrationFigures, FitCalibration
 from softcal.calibration.selective_callback import SelectivePrediction
 from softcal.checks import check_epochs
@@ -54,9 +55,15 @@ class SoftcalCLI(LightningCLI):
                 run=False,
                 args=args,
                 save_config_kwargs={"overwrite": True},  # a resumed run rewrites the same file
+                # The model's own optimizer and schedule (--model.optimizer, --model.lr_schedule)
+                # are the only ones: LightningCLI's --optimizer/--lr_scheduler would replace them.
+                auto_configure_optimizers=False,
                 parser_kwargs={
                     "description": "Train an image classifier and measure calibration.",
                     "exit_on_error": False,  # we print one line instead of the whole usage
+                    "formatter_class": TrainHelpFormatter,  # one screen (softcal.apps.train_help)
+                    "usage": USAGE,
+                    "epilog": EPILOG,
                 },
                 **kwargs,
             )
@@ -72,6 +79,15 @@ class SoftcalCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         """The callbacks' groups, the run's options and the links: the run config's schema."""
         add_training_arguments(parser)
+        title_groups(parser)
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """``--help`` shows the values the configs given set (the default config's when none
+        is given), which needs the command line parsed first; see softcal.apps.train_help."""
+        argv = list(sys.argv[1:] if args is None else args)
+        if "-h" in argv or "--help" in argv:
+            print_help(parser, [a for a in argv if a not in ("-h", "--help")])
+        super().parse_arguments(parser, args)
 
     def before_instantiate_classes(self) -> None:
         """Resolve ``--ckpt_path`` so a resumed run writes into its own run directory, and the
@@ -114,7 +130,7 @@ class SoftcalCLI(LightningCLI):
             isinstance(c, ProgressBar) for c in (given if isinstance(given, list) else [given])
         ):
             callbacks.append(TQDMProgressBar(refresh_rate=settings.get("progress_refresh_rate", 50)))
-        # HPARAMS row, comparison charts, the run's story in TEXT (issue 13)
+        # HPARAMS row, comparison charts, the run's story in TEXT
         callbacks.append(RunDashboard(self.config.as_dict(), self.command_line, trainer_config.get("logger")))
         callbacks.append(FreezeStartupObjects())
         return callbacks

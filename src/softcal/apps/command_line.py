@@ -27,6 +27,7 @@ ALIASES = {
     "--calibrate": "--calibration.enabled",
     "--calibrator": "--calibration.method",
     "--figures": "--figures.enabled",
+    "--ckpt": "--ckpt_path",  # the name predict, export and evaluate give a run or checkpoint
 }
 
 #: LightningCLI's subcommands -> what to type instead.
