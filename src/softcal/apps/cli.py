@@ -35,7 +35,7 @@ from softcal.runs.config_problems import config_problem
 from softcal.runs.dashboard import RunDashboard
 from softcal.runs.last_checkpoint import LastCheckpoint
 from softcal.runs.run_config import add_training_arguments, check_training_config
-from softcal.runs.run_dirs import latest_run_with_last
+from softcal.runs.run_dirs import check_not_a_folder_of_runs, checkpoints_near, latest_run_with_last
 
 
 class SoftcalCLI(LightningCLI):
@@ -152,9 +152,12 @@ def resolve_resume(ckpt_path: str | None, logger: Any) -> str | None:
             raise SoftcalError(f"--ckpt_path last: no run in {where} has checkpoints/last.ckpt")
         path = run_dir / "checkpoints" / "last.ckpt"
     elif path.is_dir():
+        if not (path / "config.yaml").is_file():
+            check_not_a_folder_of_runs(path, "last.ckpt")  # runs/mnist for runs/mnist/version_0
         path = path / "checkpoints" / "last.ckpt"
     if not path.is_file():
-        raise SoftcalError(f"checkpoint {path} not found; pass a .ckpt, a run directory or last")
+        raise SoftcalError(f"checkpoint {path} not found; pass a .ckpt, a run directory or last"
+                           f"{checkpoints_near(path)}")  # fmt: skip
     run_dir = path.parent.parent
     if init is not None and path.parent.name == "checkpoints":
         # Continue in the same run directory: same TensorBoard run, same checkpoints folder.
