@@ -1,7 +1,7 @@
 """The command line: LightningCLI over the Classifier and any ClassificationDataModule.
 
 It only wires things together: the command line as typed made LightningCLI's
-(:mod:`softcal.apps.command_line`: configs and their bases, the old option spellings), the
+(:mod:`softcal.apps.command_line`: configs and their bases, the options' aliases), the
 config's schema beyond model, data and trainer (:mod:`softcal.runs.run_config`, which also
 reopens runs), the callbacks every run gets, built from their config groups, and
 ``--ckpt_path`` resolved to a run directory. What happens with the pieces is
