@@ -261,6 +261,21 @@ def test_refuses_empty_mismatched_or_nan():
 # ----------------------------------------------------------------------------- figure
 
 
+def test_tie_groups_sort_group_and_sum_at_group_ends():
+    """The one sort-and-group step behind risk(k), average precision, FPR@TPR and AUROC ranks."""
+    from softcal.uncertainty.ties import tie_groups
+
+    scores = torch.tensor([0.2, 0.9, 0.2, 0.5, 0.9, 0.9])
+    values = torch.tensor([1.0, 2.0, 4.0, 8.0, 16.0, 32.0])
+    groups = tie_groups(scores)
+    assert groups.order.tolist() == [1, 4, 5, 3, 0, 2]  # stable: tied ones keep their order
+    assert groups.sizes.tolist() == [3, 1, 2] and groups.ends.tolist() == [3, 4, 6]
+    assert groups.totals(values).tolist() == [50.0, 58.0, 63.0]
+    rising = tie_groups(scores, descending=False)
+    assert rising.order.tolist() == [0, 2, 3, 1, 4, 5] and rising.sizes.tolist() == [2, 1, 3]
+    assert rising.totals(values).tolist() == [5.0, 13.0, 63.0]
+
+
 def test_risk_coverage_figure():
     from softcal.calibration.figures import risk_coverage_figure, to_rgb_array
 
