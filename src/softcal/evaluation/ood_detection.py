@@ -152,7 +152,8 @@ def write_detections(detections: Sequence[Detection], out_dir: Path, about: dict
     record = {**about, "sets": [
         {"name": d.ood.name, "spec": d.ood.spec, "num_images": d.num_scored, "notes": d.ood.notes,
          **d.results} for d in detections]}  # fmt: skip
-    markdown = "\n".join([*(markdown_table(d, legends, in_name, n_in) for d in detections), *notes])
+    markdown = "\n".join([*(markdown_table(d, legends, in_name, n_in) for d in detections),
+                          *(f"{note}\n" for note in notes)])  # fmt: skip
     files = [atomic_write_json(out_dir / "ood.json", record),
              atomic_write_bytes(out_dir / "ood.md", markdown.encode())]  # fmt: skip
     used: set[str] = set()
