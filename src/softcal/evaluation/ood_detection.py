@@ -40,7 +40,7 @@ from softcal.evaluation.context import Calibration, EvaluationContext
 from softcal.evaluation.ood_sets import OODSet, load_ood_set, parse_spec
 from softcal.evaluation.results import AnalysisResult
 from softcal.runs.run_dirs import atomic_write_bytes, atomic_write_json
-from softcal.uncertainty.ood import SCORES, detection_metrics, ood_scores, probability_scores
+from softcal.uncertainty.ood import LOGIT_SCORES, SCORES, detection_metrics, ood_scores, probability_scores
 
 #: The table's columns: (metric key of detection_metrics, header).
 COLUMNS = (("auroc", "AUROC"), ("aupr_in", "AUPR-in"), ("aupr_out", "AUPR-out"),
@@ -75,7 +75,8 @@ def calibrated_scores(calibration: Calibration, logits: torch.Tensor) -> dict[st
     except SoftcalError:  # not a logit transform (histogram binning, isotonic regression)
         return scores
     from_logits = ood_scores(transformed)
-    return {name: scores[name] if name in scores else from_logits[name] for name in SCORES}
+    scores |= {name: from_logits[name] for name in LOGIT_SCORES}
+    return {name: scores[name] for name in SCORES}
 
 
 def detect(logits_in: torch.Tensor, logits_out: torch.Tensor, ood: OODSet,
