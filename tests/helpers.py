@@ -132,3 +132,17 @@ def collect_logits(
     finally:
         net.train(was_training)
     return torch.cat(all_logits), torch.cat(all_labels)
+
+
+CALIBRATION_KEY = "calibration._extra_state"
+
+
+def stored_temperature(state_dict: dict) -> float | None:
+    """The T a checkpoint's state_dict stores (None: not fitted), read from the raw entry."""
+    return state_dict[CALIBRATION_KEY]["temperature"]
+
+
+def stored_method(state_dict: dict) -> str | None:
+    """The calibration method a checkpoint's state_dict stores (None: nothing fitted)."""
+    calibrator = state_dict[CALIBRATION_KEY]["calibrator"]
+    return None if calibrator is None else calibrator["method"]

@@ -511,14 +511,17 @@ def test_predict_messages(tmp_path, capsys):
 def test_uncalibrated_warnings():
     from types import SimpleNamespace
 
+    from softcal.calibration.run_calibration import RunCalibration
     from softcal.runs.load import LoadedRun
 
-    unfitted = SimpleNamespace(temperature=None, checkpoint=Path("runs/x/checkpoints/last.ckpt"))
+    last = Path("runs/x/checkpoints/last.ckpt")
+    unfitted = SimpleNamespace(calibration=RunCalibration(10), checkpoint=last)
     assert LoadedRun.uncalibrated_warning(unfitted, "the exported probabilities") == (
         "warning: last.ckpt has no fitted temperature (trained with --calibrate false?); the exported"
         " probabilities are uncalibrated (T = 1)"
     )
-    fitted = SimpleNamespace(temperature=1.5, checkpoint=Path("best.ckpt"))
+    fitted = SimpleNamespace(calibration=RunCalibration(10), checkpoint=Path("best.ckpt"))
+    fitted.calibration.use_temperature(1.5)
     assert LoadedRun.uncalibrated_warning(fitted, "the exported probabilities") is None
 
 

@@ -328,7 +328,7 @@ def test_selective_outputs_with_errors_equal_numpy(tiny_run: Path, tmp_path: Pat
     _selective_outputs_of(run, logits, labels, tmp_path)
     saved = json.loads((tmp_path / "selective.json").read_text())
     calibration = EvaluationContext(run).calibration
-    for stage, t in (("raw", 1.0), ("calibrated", run.temperature)):
+    for stage, t in (("raw", 1.0), ("calibrated", run.calibration.temperature)):
         # The reference ranks the very float32 probabilities the code ranks: rows whose
         # confidences tie in one softmax implementation need not tie in another (numpy's and
         # torch's exp round differently on some CPUs), and ties are what this test is about.

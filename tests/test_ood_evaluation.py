@@ -114,7 +114,7 @@ def detected(tiny_run: Path, image_folder: Path, fashion_config: Path, tmp_path_
 def test_noise_sets_equal_a_sklearn_recomputation(detected):
     out, saved, run, logits_in, _ = detected
     assert saved["in_distribution"] == {"dataset": "MNIST", "split": "test", "num_images": 200}
-    t = run.temperature
+    t = run.calibration.temperature
     assert saved["temperature"] == pytest.approx(t)
     for kind, record in zip(NOISE_KINDS, saved["sets"][:2], strict=True):
         images = noise_images(kind, 200, (1, 28, 28))
@@ -143,7 +143,7 @@ def test_image_folder_is_converted_and_scored(detected, image_folder: Path):
     for path in files:
         with Image.open(path) as img:
             decoded.append(np.array(img.convert("L").resize((28, 28), Image.BILINEAR))[None])
-    check_set(record, logits_in, plain_logits(run, np.stack(decoded)), run.temperature)
+    check_set(record, logits_in, plain_logits(run, np.stack(decoded)), run.calibration.temperature)
 
 
 def test_datamodule_config_test_split_is_scored(detected, fashion_config: Path):
@@ -152,7 +152,7 @@ def test_datamodule_config_test_split_is_scored(detected, fashion_config: Path):
     assert record["name"] == "FashionMNIST test" and record["num_images"] == 150 and record["notes"] == []
     raw = (fashion_config.parent / "FashionMNIST" / "raw" / "t10k-images-idx3-ubyte").read_bytes()
     images = np.frombuffer(raw, dtype=np.uint8, offset=16).reshape(150, 1, 28, 28)
-    check_set(record, logits_in, plain_logits(run, images.copy()), run.temperature)
+    check_set(record, logits_in, plain_logits(run, images.copy()), run.calibration.temperature)
 
 
 def test_ood_files_and_tables(detected):

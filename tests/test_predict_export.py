@@ -16,12 +16,14 @@ from softcal.apps.export import main as export_main
 from softcal.apps.export import metadata, probability_model
 from softcal.apps.predict import main as predict_main
 from softcal.apps.predict import predict_probabilities, read_images
+from softcal.calibration.run_calibration import RunCalibration
 from softcal.data.readers import decode_images, image_label_pairs, read_idx
 from softcal.errors import CheckpointError, DataError
 from softcal.evaluation.passes import evaluation_trainer
 from softcal.runs.load import load_run
 from softcal.runs.run_dirs import best_checkpoint
 from tests.conftest import REPO, TINY, run_script
+from tests.helpers import CALIBRATION_KEY, stored_temperature
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +89,7 @@ def lightning_test_probabilities(run_dir: Path) -> torch.Tensor:
     run = load_run(run_dir)
     keep = _KeepTestLogits()
     evaluation_trainer(run, [keep]).test(run.model, datamodule=run.datamodule, verbose=False)
-    temperature = torch.load(run.checkpoint, weights_only=True)["state_dict"]["temperature"]
+    temperature = stored_temperature(torch.load(run.checkpoint, weights_only=True)["state_dict"])
     return torch.softmax(torch.cat(keep.logits) / float(temperature), dim=1)
 
 
@@ -136,7 +138,8 @@ def test_jpeg_and_colour_images(tiny_run, image_files, capsys):
 def test_text_output_lists_top_k_per_image(tiny_run, image_files, capsys):
     predict_main(["--ckpt", str(tiny_run), str(image_files["png"][0]), "--top-k", "2"])
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("checkpoint") and "fitted on the validation split" in lines[0]
+    t = load_run(tiny_run).calibration.temperature
+    assert lines[0].startswith("checkpoint") and lines[0].endswith(f"  (temperature scaling, T = {t:.4f})")
     assert lines[1].startswith(str(image_files["png"][0])) and lines[1].count("%") == 2
 
 
@@ -173,26 +176,27 @@ def _with_temperature(run_dir: Path, dest: Path, temperature: float, fitted: boo
     (dest / "checkpoints").mkdir(parents=True)
     shutil.copy(run_dir / "config.yaml", dest / "config.yaml")
     ckpt = torch.load(best_checkpoint(run_dir), map_location="cpu", weights_only=True)
-    ckpt["state_dict"]["temperature"] = torch.tensor(temperature)
-    ckpt["state_dict"]["temperature_fitted"] = torch.tensor(fitted)
+    calibration = RunCalibration(10)
+    calibration.use_temperature(temperature if fitted else None)
+    ckpt["state_dict"][CALIBRATION_KEY] = calibration.get_extra_state()
     torch.save(ckpt, dest / "checkpoints" / "best.ckpt")
     return dest
 
 
 def test_a_fitted_temperature_of_exactly_one_is_fitted(tiny_run, image_files, tmp_path, capsys):
     run_dir = _with_temperature(tiny_run, tmp_path / "run", 1.0, fitted=True)
-    assert load_run(run_dir).temperature == 1.0
+    assert load_run(run_dir).calibration.temperature == 1.0
     report, err = _predict_json(["--ckpt", str(run_dir), str(image_files["png"][0])], capsys)
     assert report["temperature"] == 1.0 and "warning" not in err
     predict_main(["--ckpt", str(run_dir), str(image_files["png"][0])])
-    assert "T = 1.0000, fitted" in capsys.readouterr().out
+    assert "(temperature scaling, T = 1.0000)" in capsys.readouterr().out
     assert metadata(load_run(run_dir))["temperature"] == 1.0
 
 
 def test_no_fitted_temperature_is_said_plainly(tiny_run, image_files, tmp_path, capsys):
     run_dir = _with_temperature(tiny_run, tmp_path / "run", 1.0, fitted=False)
     run = load_run(run_dir)
-    assert run.temperature is None
+    assert run.calibration.temperature is None
     report, err = _predict_json(["--ckpt", str(run_dir), str(image_files["png"][0])], capsys)
     assert report["temperature"] is None
     assert "has no fitted temperature" in err and "uncalibrated" in err
@@ -208,7 +212,9 @@ def test_no_fitted_temperature_is_said_plainly(tiny_run, image_files, tmp_path, 
         " calibrated metrics are the raw ones (T = 1)\n"
     ) in capsys.readouterr().err
     meta = metadata(run)
-    assert meta["temperature"] is None and "uncalibrated" in meta["output"]
+    assert meta["temperature"] is None and meta["calibration"] is None
+    not_fitted = "calibration: not fitted: raw softmax (T = 1)"
+    assert meta["output"] == f"softmax probabilities (N, num_classes), {not_fitted}"
     # The raw softmax, not the checkpoint's T of another run: one image gives the same answer.
     fitted = load_run(tiny_run)
     images = read_images(image_files["png"][:1], 1, (28, 28))
@@ -235,7 +241,7 @@ def test_export_matches_torch_at_any_batch_size(run_name, fmt, request, tmp_path
         assert isinstance(session.get_inputs()[0].shape[0], str)  # symbolic: any batch size
         meta = {p.key: json.loads(p.value) for p in onnx.load(str(out)).metadata_props}
         assert meta["class_names"] == run.class_names
-        assert meta["temperature"] == pytest.approx(run.temperature)
+        assert meta["temperature"] == pytest.approx(run.calibration.temperature)
 
         def infer(x: torch.Tensor) -> torch.Tensor:
             return torch.from_numpy(session.run(None, {"images": x.numpy()})[0])

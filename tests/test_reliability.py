@@ -107,7 +107,8 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(mnist_r
     last = torch.load(tmp_path / "mnist" / "version_0" / "checkpoints" / "last.ckpt",
                       weights_only=True)  # fmt: skip
     assert last["global_step"] == 6
-    assert all(torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point())
+    tensors = [v for v in last["state_dict"].values() if torch.is_tensor(v) and v.is_floating_point()]
+    assert tensors and all(torch.isfinite(v).all() for v in tensors)
 
 
 def _one_error_line(proc) -> str:
@@ -187,7 +188,7 @@ def test_two_processes_compute_what_one_does(mnist_root, tmp_path):
     images, labels = run.datamodule.splits["val"]
     logits, labels = collect_logits(run.model, [(images, labels)], run.datamodule.preprocess,
                                     torch.device("cpu"))  # fmt: skip
-    assert run.temperature == pytest.approx(fit_temperature(logits, labels), rel=1e-4)
+    assert run.calibration.temperature == pytest.approx(fit_temperature(logits, labels), rel=1e-4)
     metrics = {}
     for name, extra in (("one", []), ("two", ddp)):
         proc = run_script("evaluate.py", str(run_dir), "--split", "val", "--out",

@@ -301,7 +301,7 @@ def test_callback_logs_selective_metrics_and_a_figure_at_test(mnist_root, tmp_pa
     import lightning as L
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from softcal.calibration.callbacks import TemperatureScaling
+    from softcal.calibration.callbacks import FitCalibration
     from softcal.calibration.selective_callback import SelectivePrediction
     from softcal.data import MNISTDataModule
     from softcal.model.module import Classifier
@@ -314,9 +314,9 @@ def test_callback_logs_selective_metrics_and_a_figure_at_test(mnist_root, tmp_pa
     logger.experiment.add_image = lambda tag, image, step, dataformats: drawn.append((tag, image.shape))
     trainer = L.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=4, logger=logger,
                         enable_progress_bar=False, enable_checkpointing=False,
-                        callbacks=[TemperatureScaling(), selective])  # fmt: skip
+                        callbacks=[FitCalibration(), selective])  # fmt: skip
     trainer.fit(model, datamodule=dm)
-    temperature = model.fitted_temperature()
+    temperature = model.calibration.temperature
     assert temperature is not None and temperature != 1.0
     logged = trainer.test(model, datamodule=dm, verbose=False)[0]
 
@@ -384,7 +384,7 @@ def test_results_json_and_table_carry_the_selective_rows(tiny_run):
             assert 0.0 <= metrics[f"{stage}/{name}"] <= 1.0
     assert metrics["test/e_aurc"] <= metrics["test/aurc"]
     rows = {line.split()[0]: line.split()[1:] for line in
-            format_results(metrics, results["temperature"], "t").splitlines()[3:]}  # fmt: skip
+            format_results(metrics, f"T = {results['temperature']:.3f}", "t").splitlines()[3:]}  # fmt: skip
     percents = [f"{100 * metrics[f'{stage}/aurc']:.3f}%" for stage in ("test", "test_calibrated")]
     assert rows["aurc"] == percents
     names = list(rows)
@@ -398,7 +398,7 @@ DDP_SCRIPT = """
 import sys
 import lightning as L
 import torch
-from softcal.calibration.callbacks import TemperatureScaling
+from softcal.calibration.callbacks import FitCalibration
 from softcal.calibration.selective_callback import SelectivePrediction
 from softcal.data import MNISTDataModule
 from softcal.model.module import Classifier
@@ -409,7 +409,7 @@ model = Classifier(num_classes=10, in_channels=1)
 selective = SelectivePrediction()
 trainer = L.Trainer(accelerator="cpu", strategy="ddp", devices=2, max_epochs=1, limit_train_batches=1,
                     logger=False, enable_progress_bar=False, enable_checkpointing=False,
-                    enable_model_summary=False, callbacks=[TemperatureScaling(), selective])
+                    enable_model_summary=False, callbacks=[FitCalibration(), selective])
 trainer.fit(model, datamodule=dm)
 logged = trainer.test(model, datamodule=dm, verbose=False)[0]
 if trainer.is_global_zero:
@@ -445,7 +445,7 @@ def test_two_processes_log_what_one_computes(mnist_root, tmp_path):
     images, labels = dm.splits["test"]
     with torch.no_grad():
         logits = model(dm.preprocess(images)).double()
-    temperature = model.fitted_temperature()
+    temperature = model.calibration.temperature
     assert temperature is not None
     for stage, t_ in (("test", 1.0), ("test_calibrated", temperature)):
         probs = torch.softmax(logits / t_, 1)

@@ -21,7 +21,7 @@ from softcal.apps.cli import CalibratorName
 from softcal.apps.export import main as export_main
 from softcal.apps.predict import main as predict_main
 from softcal.calibration.calibrators import METHODS, make_calibrator
-from softcal.calibration.stored import calibration_summary
+from softcal.calibration.run_calibration import RunCalibration
 from softcal.errors import SoftcalError
 from softcal.model.module import Classifier
 from softcal.runs.checkpoints import load_weights
@@ -31,7 +31,7 @@ from tests.conftest import REPO, TINY, run_script
 from tests.helpers import collect_logits
 from tests.synthetic_data import write_idx_dataset
 
-SLOT_KEY = "calibrator._extra_state"
+SLOT_KEY = "calibration._extra_state"  # the one key the run's calibration is stored under
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
@@ -125,14 +125,12 @@ def test_a_calibrator_without_calibration_is_one_line(tmp_path):
 def test_the_stored_calibrator_computes_in_float32_under_bf16_autocast():
     """Lightning runs test_step under autocast with bf16-mixed (configs/cifar10.yaml): the
     calibrated metrics must be the float32 numbers predict and export give, not a bf16 matmul's."""
-    from softcal.calibration.stored import CalibratorSlot
-
     logits, labels, calibrator = _fitted("matrix")
-    slot = CalibratorSlot()
-    slot.hold(calibrator)
+    calibration = RunCalibration(10)
+    calibration.set(None, calibrator)
     expected = calibrator(5 * logits)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        got = slot(5 * logits)
+        got = calibration.probabilities(5 * logits)
     assert got.dtype == torch.float32 and torch.equal(got, expected)
 
 
@@ -143,16 +141,17 @@ def _fitted(method: str, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, obj
     return logits, labels, make_calibrator(method, 10).fit(logits, labels)
 
 
-def test_an_empty_slot_adds_no_state_dict_key_and_a_held_one_round_trips():
+def test_the_calibration_is_one_state_dict_key_and_round_trips():
     model = Classifier()
-    assert SLOT_KEY not in model.state_dict(), "a temperature-only checkpoint keeps its old keys"
+    assert [k for k in model.state_dict() if "calibrat" in k or "temperature" in k] == [SLOT_KEY]
+    assert model.state_dict()[SLOT_KEY] == {"temperature": None, "calibrator": None}
     logits, _, calibrator = _fitted("vector")
-    model.set_calibrator(calibrator)
+    model.calibration.set(1.25, calibrator)
     state = model.state_dict()
-    assert state[SLOT_KEY]["method"] == "vector"
+    assert state[SLOT_KEY]["calibrator"]["method"] == "vector" and state[SLOT_KEY]["temperature"] == 1.25
     copy = Classifier()
     copy.load_state_dict(state)
-    assert copy.calibration_method() == "vector"
+    assert copy.calibration.method == "vector"
     w, b = calibrator.weight.numpy(), calibrator.bias.numpy()
     want = _softmax(logits.double().numpy() * w + b)
     np.testing.assert_allclose(copy.probabilities(logits).numpy(), want, atol=1e-6)
@@ -160,42 +159,66 @@ def test_an_empty_slot_adds_no_state_dict_key_and_a_held_one_round_trips():
     np.testing.assert_allclose(copy.probabilities(logits, calibrated=False).numpy(), raw, atol=1e-6)
 
 
-def test_a_checkpoint_without_the_slot_loads_as_none_stored(tmp_path):
-    model = Classifier()
-    model.set_temperature(1.5)
-    model.set_calibrator(_fitted("matrix")[2])
-    state = model.state_dict()
-    del state[SLOT_KEY]  # what a checkpoint written before --calibrator existed holds
+def _old_keys(state: dict, temperature: float | None, stored: object = None) -> dict:
+    """``state`` with the calibration in the keys checkpoints held before RunCalibration:
+    ``temperature``/``temperature_fitted`` buffers, and another method in ``calibrator._extra_state``."""
+    state = {k: v for k, v in state.items() if k != SLOT_KEY}
+    state["temperature"] = torch.tensor(1.0 if temperature is None else temperature)
+    state["temperature_fitted"] = torch.tensor(temperature is not None)
+    if stored is not None:
+        state["calibrator._extra_state"] = stored.get_extra_state()
+    return state
+
+
+def test_a_checkpoint_with_the_old_temperature_buffers_loads(tmp_path):
+    state = _old_keys(Classifier().state_dict(), 1.5)  # a temperature-only run's checkpoint
     fresh = Classifier()
-    fresh.set_calibrator(_fitted("vector")[2])  # loading replaces whatever the model held
+    fresh.calibration.set(None, _fitted("vector")[2])  # loading replaces whatever the model held
     load_weights(fresh, state, tmp_path / "old.ckpt")
-    assert fresh.stored_calibrator() is None and fresh.calibration_method() == "temperature"
+    assert fresh.calibration.method == "temperature" and fresh.calibration.temperature == 1.5
     logits = torch.randn(5, 10)
     want = _softmax(logits.double().numpy() / 1.5)
     np.testing.assert_allclose(fresh.probabilities(logits).numpy(), want, atol=1e-6)
+    assert torch.equal(fresh.probabilities(logits), torch.softmax(logits / torch.tensor(1.5), dim=1))
+    unfitted = Classifier()
+    load_weights(unfitted, _old_keys(Classifier().state_dict(), None), tmp_path / "old.ckpt")
+    assert unfitted.calibration.method is None and unfitted.calibration.temperature is None
+
+
+def test_a_checkpoint_with_the_old_calibrator_slot_loads(tmp_path):
+    logits, _, matrix = _fitted("matrix")
+    fresh = Classifier()
+    load_weights(fresh, _old_keys(Classifier().state_dict(), 1.5, matrix), tmp_path / "old.ckpt")
+    assert fresh.calibration.method == "matrix" and fresh.calibration.temperature == 1.5
+    assert torch.equal(fresh.probabilities(logits), matrix(logits))
 
 
 @pytest.mark.parametrize("method", ["temperature", "vector"])
 def test_a_training_epoch_marks_any_stored_calibrator_stale(method):
-    from softcal.calibration.callbacks import TemperatureScaling
+    from softcal.calibration.callbacks import FitCalibration
 
     model = Classifier()
-    model.set_temperature(1.5)
-    model.set_calibrator(_fitted("matrix")[2])  # e.g. restored from a run resumed with another method
-    TemperatureScaling(method).on_train_epoch_start(None, model)
-    assert model.stored_calibrator() is None and model.calibration_method() is None
+    model.calibration.set(1.5, _fitted("matrix")[2])  # e.g. restored from a run resumed with another method
+    FitCalibration(method).on_train_epoch_start(None, model)
+    assert model.calibration.calibrator is None and model.calibration.method is None
+    assert model.calibration.temperature is None
 
 
 def test_results_summary_and_table_header_name_the_method():
-    assert calibration_summary(None, None) is None
-    assert calibration_summary(1.25, None) == {"method": "temperature",
-                                               "description": "temperature scaling, T = 1.2500"}
+    calibration = RunCalibration(10)
+    assert calibration.summary() is None and calibration.label() == "T = 1, not fitted"
+    assert calibration.describe() == "not fitted: raw softmax (T = 1)"
+    calibration.use_temperature(1.25)
+    description = "temperature scaling, T = 1.2500"
+    assert calibration.summary() == {"method": "temperature", "description": description}
+    assert calibration.label() == "T = 1.250"
     _, _, isotonic = _fitted("isotonic")
-    assert calibration_summary(1.25, isotonic)["method"] == "isotonic"
+    calibration.set(1.25, isotonic)
+    assert calibration.summary() == {"method": "isotonic", "description": isotonic.describe()}
+    assert calibration.label() == "isotonic" and calibration.temperature == 1.25
     metrics = {"test/acc": 0.5, "test_calibrated/acc": 0.5}
-    assert "calibrated (T = 1.250)" in format_results(metrics, 1.25, "t")
-    assert "calibrated (vector)" in format_results(metrics, 1.25, "t", method="vector")
-    assert "calibrated (isotonic)" in format_results(metrics, 1.25, "t", method="isotonic")
+    assert "calibrated (T = 1.250)" in format_results(metrics, "T = 1.250", "t")
+    assert "calibrated (vector)" in format_results(metrics, "vector", "t")
 
 
 # ----------------------------------------------------------------------------- trained runs
@@ -254,9 +277,9 @@ def test_vector_run_stores_the_vector_fit_of_its_own_validation_logits(runs):
     assert saved["calibrator"] == results["calibrator"]
     for name in (Path(results["checkpoint"]).name, "last.ckpt"):  # every checkpoint carries it
         state = torch.load(run_dir / "checkpoints" / name, weights_only=True)["state_dict"]
-        assert state[SLOT_KEY]["method"] == "vector"
+        assert state[SLOT_KEY]["calibrator"]["method"] == "vector"
     run = load_run(run_dir)
-    assert run.calibration_method == "vector" and run.calibrator.method == "vector"
+    assert run.calibration.method == "vector" and run.calibration.calibrator.method == "vector"
     # An independent vector-scaling fit on the best checkpoint's validation logits ...
     val_logits, val_labels = _split_logits(run_dir, "val")
     w, b = _fit_vector_scaling(val_logits, val_labels)
@@ -268,8 +291,8 @@ def test_vector_run_stores_the_vector_fit_of_its_own_validation_logits(runs):
     assert metrics["test_calibrated/nll"] > 0.1 and metrics["test_calibrated/acc"] < 0.95
     assert np.median(want.max(1)) < 0.99 and want.max(1).min() < 0.9
     # ... has the stored parameters (b only up to a common shift: softmax ignores one),
-    np.testing.assert_allclose(run.calibrator.weight.numpy(), w, rtol=1e-2)
-    bias = run.calibrator.bias.numpy()
+    np.testing.assert_allclose(run.calibration.calibrator.weight.numpy(), w, rtol=1e-2)
+    bias = run.calibration.calibrator.bias.numpy()
     np.testing.assert_allclose(bias - bias.mean(), b - b.mean(), rtol=1e-2, atol=1e-3)
     # ... gives the probabilities the stored calibrator gives after reloading,
     with torch.no_grad():
@@ -304,12 +327,12 @@ def test_predict_applies_the_stored_calibrator(method, runs, tmp_path, capsys):
         logits = run.model(run.datamodule.preprocess(images.unsqueeze(1), train=False))
     got = np.array([p["probabilities"] for p in report["predictions"]])
     if method == "vector":  # the stored numbers, applied in numpy
-        w, b = run.calibrator.weight.numpy(), run.calibrator.bias.numpy()
+        w, b = run.calibration.calibrator.weight.numpy(), run.calibration.calibrator.bias.numpy()
         want = _softmax(logits.double().numpy() * w + b)
     else:  # sklearn's isotonic fit of the run's own validation set, in the test
         want = _isotonic(*_split_logits(run_dir, "val"), _softmax(logits.double().numpy()))
     np.testing.assert_allclose(got, want, atol=1e-6)
-    assert np.abs(got - _softmax(logits.double().numpy() / run.temperature)).max() > 1e-4
+    assert np.abs(got - _softmax(logits.double().numpy() / run.calibration.temperature)).max() > 1e-4
 
 
 @pytest.mark.slow
@@ -329,7 +352,7 @@ def test_onnx_export_carries_vector_and_matrix_scaling(method, runs, tmp_path, c
     (got,) = session.run(None, {"images": (images.float() / 255).numpy()})
     with torch.no_grad():
         z = run.model(run.datamodule.preprocess(images, train=False)).double().numpy()
-    w, b = run.calibrator.weight.numpy(), run.calibrator.bias.numpy()
+    w, b = run.calibration.calibrator.weight.numpy(), run.calibration.calibrator.bias.numpy()
     want = _softmax(z * w + b if method == "vector" else z @ w.T + b)
     np.testing.assert_allclose(got, want, atol=1e-5)
 
@@ -358,7 +381,8 @@ def test_export_refuses_isotonic_in_one_line_and_exports_t_or_raw_on_request(run
     images = _random_images(4, seed=4)
     with torch.no_grad():
         z = run.model(run.datamodule.preprocess(images, train=False)).double().numpy()
-    for calibration, want in (("temperature", _softmax(z / run.temperature)), ("none", _softmax(z))):
+    t = run.calibration.temperature
+    for calibration, want in (("temperature", _softmax(z / t)), ("none", _softmax(z))):
         out = export_main(["--ckpt", str(run_dir), "--calibration", calibration,
                            "--out", str(tmp_path / f"{calibration}.onnx")])  # fmt: skip
         meta = {p.key: json.loads(p.value) for p in onnx.load(str(out)).metadata_props}
@@ -373,28 +397,31 @@ def test_default_run_keeps_the_temperature_path(tiny_run):
     results = json.loads((tiny_run / "results.json").read_text())
     assert results["calibrator"]["method"] == "temperature"
     state = torch.load(results["checkpoint"], weights_only=True)["state_dict"]
-    assert SLOT_KEY not in state and float(state["temperature"]) == results["temperature"]
+    assert "temperature" not in state and state[SLOT_KEY]["temperature"] == results["temperature"]
+    assert state[SLOT_KEY]["calibrator"] == {"method": "temperature", "num_classes": 10, "fitted": True,
+                                             "temperature": results["temperature"]}
     run = load_run(tiny_run)
-    assert run.calibrator is None and run.calibration_method == "temperature"
+    assert run.calibration.method == "temperature"
     test_logits, test_labels = _split_logits(tiny_run, "test")
     want = _softmax(test_logits / results["temperature"])
     assert results["metrics"]["test_calibrated/nll"] == pytest.approx(_nll(want, test_labels), abs=1e-4)
 
 
 @pytest.mark.slow
-def test_an_old_checkpoint_without_the_slot_loads_with_temperature(runs, tmp_path):
+def test_a_real_checkpoint_in_the_old_layout_loads_with_its_temperature(runs, tmp_path):
     source = Path(runs["vector"]["run_dir"])
     run_dir = tmp_path / "old_run"
     shutil.copytree(source, run_dir)
     best = run_dir / "checkpoints" / Path(runs["vector"]["checkpoint"]).name
     ckpt = torch.load(best, weights_only=True)
-    del ckpt["state_dict"][SLOT_KEY]
+    # the layout of a temperature-only run before RunCalibration: T in two buffers, no slot
+    ckpt["state_dict"] = _old_keys(ckpt["state_dict"], runs["vector"]["temperature"])
     torch.save(ckpt, best)
     run = load_run(best)
-    assert run.calibrator is None and run.calibration_method == "temperature"
-    assert run.temperature == pytest.approx(runs["vector"]["temperature"])
+    assert run.calibration.method == "temperature"
+    assert run.calibration.temperature == pytest.approx(runs["vector"]["temperature"])
     z = torch.randn(3, 10)
-    want = _softmax(z.double().numpy() / run.temperature)
+    want = _softmax(z.double().numpy() / run.calibration.temperature)
     np.testing.assert_allclose(run.model.probabilities(z).numpy(), want, atol=1e-6)
 
 

@@ -22,7 +22,7 @@ from softcal.model.optimization import build_schedule, parameter_groups
 from softcal.runs.results_table import format_results
 from softcal.runs.run_dirs import resolve_checkpoint
 from tests.conftest import TINY, run_script
-from tests.helpers import collect_logits
+from tests.helpers import collect_logits, stored_method, stored_temperature
 
 
 def _tiny(root: Path, save_dir: Path, *extra: str) -> list[str]:
@@ -49,7 +49,7 @@ def test_loss_is_cross_entropy_on_logits_and_probabilities_are_softmax_over_t():
     with torch.no_grad():
         logits = model(x)
     assert torch.allclose(model.probabilities(logits), torch.softmax(logits, 1))  # not fitted: T = 1
-    model.set_temperature(2.0)
+    model.calibration.use_temperature(2.0)
     assert torch.allclose(model.probabilities(logits), torch.softmax(logits / 2, 1), atol=1e-6)
     assert torch.allclose(model.probabilities(logits, calibrated=False), torch.softmax(logits, 1))
 
@@ -67,15 +67,15 @@ def test_label_smoothing_is_an_option_and_off_by_default():
 
 def test_temperature_state_is_explicit_and_travels_in_the_state_dict():
     model = Classifier()
-    assert model.fitted_temperature() is None and float(model.temperature) == 1.0
-    model.set_temperature(1.0)  # a fitted T of exactly 1 is fitted, not "uncalibrated"
-    assert model.fitted_temperature() == 1.0
-    model.set_temperature(0.75)
+    assert model.calibration.temperature is None and not model.calibration.fitted
+    model.calibration.use_temperature(1.0)  # a fitted T of exactly 1 is fitted, not "uncalibrated"
+    assert model.calibration.temperature == 1.0
+    model.calibration.use_temperature(0.75)
     copy = Classifier()
     copy.load_state_dict(model.state_dict())
-    assert copy.fitted_temperature() == 0.75
-    model.set_temperature(None)
-    assert model.fitted_temperature() is None and float(model.temperature) == 1.0
+    assert copy.calibration.temperature == 0.75
+    model.calibration.use_temperature(None)
+    assert model.calibration.temperature is None and not model.calibration.fitted
 
 
 # ----------------------------------------------------------------------------- optimisation
@@ -142,7 +142,7 @@ def test_fast_dev_run_predictions_are_the_calibrated_softmax_of_the_test_split(m
     trainer = L.Trainer(accelerator="cpu", fast_dev_run=2, default_root_dir=tmp_path,
                         enable_progress_bar=False, logger=False)  # fmt: skip
     trainer.fit(model, datamodule=dm)
-    model.set_temperature(1.5)
+    model.calibration.use_temperature(1.5)
     predictions = torch.cat(trainer.predict(model, datamodule=dm))
     images, labels = dm.splits["test"]
     logits, _ = collect_logits(model, [(images[:len(predictions)], labels)], dm.preprocess,
@@ -156,8 +156,8 @@ def test_temperature_is_fitted_at_validation_and_stored_once_in_each_checkpoint(
     assert not (run_dir / "temperature.json").exists()
     best, last = _state(results["checkpoint"]), _state(run_dir / "checkpoints" / "last.ckpt")
     # One epoch: best and last are the same weights, so they carry the same T, fitted.
-    assert bool(best["temperature_fitted"]) and bool(last["temperature_fitted"])
-    assert float(best["temperature"]) == float(last["temperature"]) == results["temperature"]
+    assert stored_method(best) == stored_method(last) == "temperature"
+    assert stored_temperature(best) == stored_temperature(last) == results["temperature"]
     # An independent fit on the checkpoint's validation logits gives the same T.
     from softcal.runs.load import load_run
 
@@ -173,7 +173,7 @@ def test_temperature_is_fitted_at_validation_and_stored_once_in_each_checkpoint(
 def test_calibrate_false_leaves_every_checkpoint_unfitted(mnist_root, tmp_path, capsys):
     results = train(_tiny(mnist_root, tmp_path, "--calibrate", "false"))
     assert results["temperature"] is None
-    assert not bool(_state(results["checkpoint"])["temperature_fitted"])
+    assert stored_method(_state(results["checkpoint"])) is None
     metrics = results["metrics"]
     for name in ("acc", "ece", "nll", "brier"):  # T = 1: "calibrated" is the raw softmax
         assert metrics[f"test_calibrated/{name}"] == metrics[f"test/{name}"], name
@@ -192,7 +192,7 @@ def test_a_checkpoint_saved_mid_epoch_is_marked_not_fitted(mnist_root, tmp_path)
     assert not (run_dir / "results.json").exists()
     saved = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert saved["global_step"] == 6 and saved["epoch"] == 1  # mid-way through the second epoch
-    assert not bool(saved["state_dict"]["temperature_fitted"])
+    assert stored_method(saved["state_dict"]) is None and stored_temperature(saved["state_dict"]) is None
 
 
 def test_startup_objects_are_frozen_while_training_and_released_after(mnist_root, tmp_path):
@@ -245,7 +245,7 @@ def test_freed_memory_is_kept_unless_switched_off(mnist_root, monkeypatch):
 
 def test_results_table_lists_raw_and_calibrated():
     table = format_results({"test/acc": 0.99, "test/ece": 0.02, "test_calibrated/acc": 0.99,
-                            "test_calibrated/ece": 0.01, "test/nll": 0.05}, 1.5, "title")  # fmt: skip
+                            "test_calibrated/ece": 0.01, "test/nll": 0.05}, "T = 1.500", "title")  # fmt: skip
     lines = table.splitlines()
     assert lines[0] == "title" and "calibrated (T = 1.500)" in lines[1]
     assert lines[3].split() == ["acc", "99.00%", "99.00%"]
@@ -304,8 +304,8 @@ def test_train_script_end_to_end_as_the_readme_shows(mnist_sized_root, tmp_path)
     assert (run_dir / "config.yaml").is_file()
     results = json.loads((run_dir / "results.json").read_text())
     assert results["metrics"]["test/acc"] == results["metrics"]["test_calibrated/acc"]
-    assert float(_state(results["checkpoint"])["temperature"]) == results["temperature"]
-    assert bool(_state(run_dir / "checkpoints" / "last.ckpt")["temperature_fitted"])
+    assert stored_temperature(_state(results["checkpoint"])) == results["temperature"]
+    assert stored_method(_state(run_dir / "checkpoints" / "last.ckpt")) == "temperature"
     scalars = set(_events(run_dir).Tags()["scalars"])
     for tag in ("train/loss", "train/acc", "val/acc", "val/ece", "val/temperature", "test/acc", "test/ece",
                 "test_calibrated/ece", "test/nll", "test/brier", "test/adaptive_ece"):  # fmt: skip

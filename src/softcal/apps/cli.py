@@ -20,7 +20,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from softcal.allocator import FreezeStartupObjects, keep_freed_memory
 from softcal.apps.config_files import default_config, resolve_config
-from softcal.calibration.callbacks import CalibrationFigures, TemperatureScaling
+from softcal.calibration.callbacks import CalibrationFigures, FitCalibration
 from softcal.calibration.selective_callback import SelectivePrediction
 from softcal.checks import check_epochs
 from softcal.data import ClassificationDataModule, default_data_root
@@ -153,7 +153,7 @@ class SoftcalCLI(LightningCLI):
         if trainer_config.get("enable_checkpointing") is not False:
             callbacks += [ModelCheckpoint(**settings.checkpoint), LastCheckpoint(**settings.last_checkpoint)]
         if settings.get("calibrate", True):
-            callbacks.append(TemperatureScaling(settings.get("calibrator") or "temperature"))
+            callbacks.append(FitCalibration(settings.get("calibrator") or "temperature"))
         if settings.get("figures", True):
             callbacks.append(CalibrationFigures(self.model.hparams.calibration_bins))
         # AURC, E-AURC, risk at coverage at test (test/*, test_calibrated/*); its figure with --figures

@@ -18,8 +18,8 @@ softmax), or training with ``--calibrator temperature|vector|matrix``.
 * ``torchscript``: ``torch.jit.trace``, with the same facts in an extra file ``softcal.json``.
   torch marks TorchScript as deprecated; it still loads with ``torch.jit.load``.
 
-A run without a fitted temperature exports the raw softmax (T = 1); its metadata says
-``"temperature": null`` and the command warns.
+A run without a fitted calibration exports the raw softmax (T = 1); its metadata says
+``"calibration": null`` and the command warns.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from softcal.errors import SoftcalError, exit_on_user_error
 from softcal.runs.load import LoadedRun, load_run, run_argument_parser
 
 if TYPE_CHECKING:
-    from softcal.calibration.calibrators import Calibrator
+    from softcal.calibration.run_calibration import RunCalibration
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 
@@ -54,85 +54,73 @@ CALIBRATIONS = ("stored", "temperature", "none")
 
 
 class ProbabilityModel(nn.Module):
-    """[0, 1] float images -> softmax(net(normalised images) / T), or with a ``calibrator``
-    (an exportable one: vector or matrix scaling) softmax(calibrator.calibrated_logits(...)).
+    """[0, 1] float images -> softmax(calibration.calibrated_logits(net(normalised images))).
 
-    Normalisation goes through :func:`softcal.data.augment.normalize` on ``images * 255``, the
-    function training applies to uint8 batches, so both see the same numbers (to float
-    rounding) for the same picture.
+    ``calibration`` is a :class:`~softcal.calibration.run_calibration.RunCalibration` whose
+    method is a logit transform (temperature, vector or matrix scaling) or nothing fitted (the
+    raw softmax). Normalisation goes through :func:`softcal.data.augment.normalize` on
+    ``images * 255``, the function training applies to uint8 batches, so both see the same
+    numbers (to float rounding) for the same picture.
     """
 
-    def __init__(
-        self, net: nn.Module, mean: Sequence[float], std: Sequence[float], temperature: float,
-        calibrator: Calibrator | None = None,
-    ) -> None:
+    def __init__(self, net: nn.Module, mean: Sequence[float], std: Sequence[float],
+                 calibration: RunCalibration) -> None:  # fmt: skip
         super().__init__()
         self.net = net
-        self.calibrator = calibrator
+        self.calibration = calibration
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32))
-        self.register_buffer("temperature", torch.tensor(float(temperature)))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = normalize(images * 255.0, self.mean, self.std)
-        logits = self.net(x).float()
-        if self.calibrator is not None:
-            return torch.softmax(self.calibrator.calibrated_logits(logits), dim=1)
-        return torch.softmax(logits / self.temperature, dim=1)
+        return torch.softmax(self.calibration.calibrated_logits(self.net(x).float()), dim=1)
 
 
-def exported_method(run: LoadedRun, calibration: str = "stored") -> str | None:
-    """The calibration method the graph will apply (None: raw softmax), or one line of
-    SoftcalError when the stored method is not a logit transform a graph can carry."""
-    if calibration == "none":
-        return None
-    if calibration == "temperature" or run.calibrator is None:
-        return "temperature" if run.temperature is not None else None
-    if not run.calibrator.exportable:
+def exported_calibration(run: LoadedRun, choice: str = "stored") -> RunCalibration:
+    """The calibration the graph will apply: the run's own (``stored``), its T alone
+    (``temperature``) or nothing (``none``); one line of SoftcalError when the stored method is
+    not a logit transform a graph can carry."""
+    from softcal.calibration.run_calibration import RunCalibration
+
+    stored = run.calibration
+    if choice == "stored" and not stored.exportable:
         raise SoftcalError(
-            f"{run.checkpoint.name} stores {run.calibrator.method} calibration, which an exported"
+            f"{run.checkpoint.name} stores {stored.method} calibration, which an exported"
             " graph cannot carry (only temperature, vector and matrix scaling are logit"
             " transforms); export with --calibration temperature (its fitted T) or --calibration"
             " none (raw softmax), or train with --calibrator temperature|vector|matrix"
         )
-    return run.calibrator.method
+    if choice == "stored":
+        return stored
+    chosen = RunCalibration(run.num_classes)
+    if choice == "temperature":
+        chosen.use_temperature(stored.temperature)
+    return chosen
 
 
 def probability_model(run: LoadedRun, calibration: str = "stored") -> ProbabilityModel:
     """The wrapper around a reopened run, in eval mode on the CPU, calibrated as
-    :func:`exported_method` says."""
-    method = exported_method(run, calibration)
-    temperature = run.temperature if method == "temperature" and run.temperature is not None else 1.0
-    calibrator = run.calibrator if method not in (None, "temperature") else None
-    wrapper = ProbabilityModel(run.model.net, run.datamodule.mean, run.datamodule.std, temperature,
-                               calibrator)  # fmt: skip
+    :func:`exported_calibration` says."""
+    chosen = exported_calibration(run, calibration)
+    wrapper = ProbabilityModel(run.model.net, run.datamodule.mean, run.datamodule.std, chosen)
     return wrapper.eval().cpu()
 
 
 def metadata(run: LoadedRun, calibration: str = "stored") -> dict[str, Any]:
     """What a consumer needs to read the output: classes, input layout, calibration."""
-    method = exported_method(run, calibration)
-    scaled = {None: "uncalibrated (raw softmax)", "temperature": "temperature-scaled"}.get(
-        method, f"{method}-scaled (the run's stored calibrator)")
+    chosen = exported_calibration(run, calibration)
     return {
         "class_names": run.class_names,
         "input": "float32 images (N, C, H, W) in [0, 1]",
         "input_shape": [run.in_channels, *run.image_size],
-        "output": f"softmax probabilities (N, num_classes), {scaled}",
-        "calibration": method,  # null: raw softmax inside
-        # null: not fitted, or not applied (T = 1 inside unless calibration is temperature)
-        "temperature": run.temperature if method == "temperature" else None,
+        "output": f"softmax probabilities (N, num_classes), calibration: {chosen.describe()}",
+        "calibration": chosen.method,  # null: raw softmax inside
+        # null: not fitted, or not applied (T = 1 inside unless the graph applies temperature scaling)
+        "temperature": chosen.temperature if chosen.method == "temperature" else None,
         "mean": list(run.datamodule.mean),
         "std": list(run.datamodule.std),
         "checkpoint": str(run.checkpoint),
     }
-
-
-def calibration_note(run: LoadedRun, method: str | None) -> str:
-    """What the graph applies, in words: the run's own note, or what --calibration chose."""
-    if method == run.calibration_method:
-        return run.temperature_note()
-    return "raw softmax, uncalibrated" if method is None else f"T = {run.temperature:.4f} only"
 
 
 def example_batch(run: LoadedRun, batch: int = 2) -> torch.Tensor:
@@ -240,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     print(f"wrote {out}")
     print(f"  input  images: float32 [batch, {shape}] in [0, 1]")
     print(f"  output probabilities: [batch, {run.num_classes}] (normalisation inside;"
-          f" {calibration_note(run, meta['calibration'])})")  # fmt: skip
+          f" {module.calibration.describe()})")  # fmt: skip
     if args.format == "onnx":
         diff = onnxruntime_difference(module, out, example)
         if diff is not None:

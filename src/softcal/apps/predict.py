@@ -85,12 +85,12 @@ def read_images(files: Sequence[Path], channels: int, size: tuple[int, int]) -> 
 
 @torch.no_grad()
 def predict_probabilities(run: LoadedRun, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """Calibrated probabilities for uint8 images, preprocessed exactly as in training: the
-    run's stored calibrator, else softmax(logits / T) (T = 1 when none was fitted)."""
+    """Calibrated probabilities for uint8 images, preprocessed exactly as in training, through
+    the run's calibration (the raw softmax when none was fitted)."""
     out = []
     for chunk in images.split(batch_size):
         x = run.datamodule.preprocess(chunk, train=False)
-        out.append(run.model.probabilities(run.model(x), calibrated=True))
+        out.append(run.calibration.probabilities(run.model(x)))
     return torch.cat(out) if out else torch.zeros(0, run.num_classes)
 
 
@@ -144,8 +144,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         print(warning, file=sys.stderr)
     report = {
         "checkpoint": str(run.checkpoint),
-        "temperature": run.temperature,  # null: not fitted, probabilities uncalibrated
-        "calibration": {"method": run.calibration_method, "description": run.temperature_note()},
+        "temperature": run.calibration.temperature,  # null: not fitted
+        # method null: nothing fitted, the probabilities are the raw softmax
+        "calibration": {"method": run.calibration.method, "description": run.calibration.describe()},
         "classes": run.class_names,
         "predictions": [
             {"file": str(path), "top_k": row, "probabilities": probs}
@@ -155,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        print(f"checkpoint {run.checkpoint}  ({run.temperature_note()})")
+        print(f"checkpoint {run.checkpoint}  ({run.calibration.describe()})")
         print(format_predictions(files, ranked))
     return report
 

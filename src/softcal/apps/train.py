@@ -20,7 +20,6 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from softcal.apps.cli import SoftcalCLI
-from softcal.calibration.stored import calibration_summary
 from softcal.errors import exit_on_user_error
 from softcal.runs.checkpoints import check_checkpoint_fits, checkpoint_hparams, load_checkpoint
 from softcal.runs.dashboard import finish_dashboard
@@ -66,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit(130)
     checkpoint = trainer.strategy.broadcast(saved_checkpoint(trainer))
     tested_epoch = max(trainer.current_epoch - 1, 0)  # the final weights', when none is saved
-    if checkpoint:  # its state_dict holds the temperature fitted for exactly these weights
+    if checkpoint:  # its state_dict holds the calibration fitted for exactly these weights
         # Read where it was written (rank 0) and sent to the others: other nodes may not see
         # rank 0's disk.
         saved = load_checkpoint(checkpoint) if trainer.is_global_zero else None
@@ -74,20 +73,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             tested_epoch = int(saved["epoch"])
         model.load_state_dict(trainer.strategy.broadcast(saved["state_dict"] if saved else None))
     metrics = run_test(trainer, model, datamodule, checkpoint)
-    temperature = model.fitted_temperature()
+    calibration = model.calibration
     run_dir = Path(trainer.log_dir) if trainer.log_dir and trainer.logger is not None else None
     results = {
         "dataset": datamodule.name,
         "checkpoint": str(Path(checkpoint).resolve()) if checkpoint else None,
-        "temperature": temperature,  # a report: the checkpoint is where T is read from
+        "temperature": calibration.temperature,  # a report: the checkpoint is where T is read from
         # the method the calibrated metrics used (--calibrator), or None: nothing fitted
-        "calibrator": calibration_summary(temperature, model.stored_calibrator()),
+        "calibrator": calibration.summary(),
         "run_dir": str(run_dir) if run_dir else None,
         "metrics": {k: float(v) for k, v in sorted(metrics.items())},
     }
     if trainer.is_global_zero:
         # TensorBoard's HPARAMS and TEXT
-        finish_dashboard(trainer, results, report(results, run_dir), tested_epoch)
+        finish_dashboard(trainer, results, report(results, run_dir, calibration.label()), tested_epoch)
     leave_process_group()
     return results
 
@@ -124,15 +123,14 @@ def leave_process_group() -> None:
         dist.destroy_process_group()
 
 
-def report(results: dict[str, Any], run_dir: Path | None) -> str:
+def report(results: dict[str, Any], run_dir: Path | None, calibration_label: str) -> str:
     """results.json in the run directory, and the table on the terminal (returned)."""
     if run_dir is not None:
         atomic_write_json(run_dir / "results.json", results)
     checkpoint = results["checkpoint"]
     tested = f"checkpoint {checkpoint}" if checkpoint else "final weights (no checkpoint saved)"
     title = f"{results['dataset']} test set, {tested}"
-    method = (results.get("calibrator") or {}).get("method")
-    table = format_results(results["metrics"], results["temperature"], title, method=method)
+    table = format_results(results["metrics"], calibration_label, title)
     print("\n" + table)
     if run_dir is not None:
         print(f"\nrun directory: {run_dir}  (tensorboard --logdir {run_dir.parent.parent})")

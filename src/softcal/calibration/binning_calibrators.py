@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from softcal.calibration.calibrators import Calibrator
+from softcal.calibration.calibrator_base import Calibrator
 from softcal.calibration.metrics import bin_index
 
 DEFAULT_BINS = 15

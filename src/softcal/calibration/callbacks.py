@@ -1,9 +1,9 @@
-"""Lightning callbacks for calibration: fit the temperature, draw the pictures.
+"""Lightning callbacks for calibration: fit the run's calibration, draw the pictures.
 
 Both read what a LightningModule's ``validation_step`` / ``test_step`` return -
 ``{"logits": ..., "labels": ...}`` - so they work in any Trainer with any module that does so.
-The temperature lives in the module (``set_temperature`` / ``fitted_temperature``), which makes
-it part of every checkpoint the Trainer writes; nothing is rewritten afterwards.
+The calibration lives in the module (``pl_module.calibration``), which makes it part of every
+checkpoint the Trainer writes; nothing is rewritten afterwards.
 """
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ import lightning as L
 import torch
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from softcal.calibration.calibrators import METHODS, Calibrator, make_calibrator
+from softcal.calibration.calibrators import METHODS
 from softcal.calibration.metrics import TopLabelBins
-from softcal.calibration.temperature import fit_temperature
 
 
 def gather_from_all_processes(module: L.LightningModule, values: torch.Tensor) -> torch.Tensor:
@@ -47,53 +46,43 @@ class _StepOutputs(L.Callback):
             self._labels.append(outputs["labels"].detach())
 
 
-class TemperatureScaling(_StepOutputs):
-    """Fit the softmax temperature on the validation logits at the end of every validation.
+class FitCalibration(_StepOutputs):
+    """Fit the run's calibration on the validation logits at the end of every validation.
 
-    The module stores T (a buffer), so each checkpoint carries the T fitted for its own
-    weights: the best checkpoint and ``last.ckpt`` never disagree about what T belongs to
-    which weights. When a training epoch starts the module is marked "not fitted" again - its
-    weights are about to move - so a checkpoint saved mid-epoch says so instead of carrying a
-    stale T. Every process fits the same T from the logits of all processes.
+    The module stores it (``pl_module.calibration``, a
+    :class:`~softcal.calibration.run_calibration.RunCalibration`), so each checkpoint carries
+    the calibration fitted for its own weights: the best checkpoint and ``last.ckpt`` never
+    disagree about which weights it belongs to. When a training epoch starts it is marked "not
+    fitted" again - the weights are about to move - so a checkpoint saved mid-epoch says so
+    instead of carrying a stale fit. Every process fits the same calibration from the logits
+    of all processes. T is fitted and logged (``val/temperature``) whatever the ``method``, so
+    runs of any method can be compared on it.
 
-    With ``method`` other than ``"temperature"`` (``--calibrator``), that calibrator is fitted
-    too, on the same logits, and stored with ``pl_module.set_calibrator`` under the same rules;
-    T is still fitted and reported, so runs of any method can be compared on it.
+    Args:
+        method: temperature (default), vector, matrix, histogram or isotonic.
+        enabled: False fits nothing: every checkpoint is "not fitted" (raw softmax).
     """
 
-    def __init__(self, method: str = "temperature") -> None:
+    def __init__(self, method: str = "temperature", enabled: bool = True) -> None:
         super().__init__()
         if method not in METHODS:
             raise ValueError(f"unknown calibrator {method!r}; choose one of {', '.join(METHODS)}")
-        self.method = method
+        self.method, self.enabled = method, enabled
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        pl_module.set_temperature(None)
-        if hasattr(pl_module, "set_calibrator"):  # also a calibrator restored from a run resumed
-            pl_module.set_calibrator(None)       # with another --calibrator: it is stale too
+        pl_module.calibration.reset()  # also one restored from a run resumed with another method
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or not self._logits:
+        if trainer.sanity_checking or not self._logits or not self.enabled:
+            self._logits, self._labels = [], []
             return
         logits = gather_from_all_processes(pl_module, torch.cat(self._logits))
         labels = gather_from_all_processes(pl_module, torch.cat(self._labels))
         self._logits, self._labels = [], []
-        temperature = fit_temperature(logits, labels)
-        pl_module.set_temperature(temperature)
+        pl_module.calibration.fit(logits, labels, self.method)
+        temperature = pl_module.calibration.temperature
         if temperature is not None:  # val/temperature per epoch: how overconfident it grows
             pl_module.log("val/temperature", temperature, sync_dist=False)
-        if self.method != "temperature":
-            pl_module.set_calibrator(fit_stored_calibrator(self.method, logits, labels))
-
-
-def fit_stored_calibrator(method: str, logits: torch.Tensor, labels: torch.Tensor) -> Calibrator | None:
-    """A fitted calibrator of ``method``, or None ("not fitted", like a T that failed) when the
-    logits are not finite or the fit fails: a diverged model stores nothing rather than a
-    broken calibrator."""
-    if len(labels) == 0 or not torch.isfinite(logits).all():
-        return None
-    calibrator = make_calibrator(method, logits.shape[1]).fit(logits, labels)  # fit copies to the CPU
-    return calibrator if calibrator.fitted else None
 
 
 class CalibrationFigures(L.Callback):
@@ -106,17 +95,19 @@ class CalibrationFigures(L.Callback):
     no logger nothing is drawn, but ``finished`` is still filled.
     """
 
-    def __init__(self, n_bins: int = 15) -> None:
-        self.n_bins = n_bins
+    def __init__(self, n_bins: int = 15, enabled: bool = True) -> None:
+        self.n_bins, self.enabled = n_bins, enabled
         self._state: dict[str, tuple[TopLabelBins, MulticlassConfusionMatrix]] = {}
         self.finished: dict[str, dict[str, torch.Tensor]] = {}
 
     def _update(self, stage: str, pl_module: L.LightningModule, outputs: Any, calibrated: bool) -> None:
+        if not self.enabled:
+            return
         if stage not in self._state:
             num_classes = int(pl_module.hparams.num_classes)
             self._state[stage] = (TopLabelBins(self.n_bins).to(pl_module.device),
                                   MulticlassConfusionMatrix(num_classes).to(pl_module.device))  # fmt: skip
-        probs = pl_module.probabilities(outputs["logits"], calibrated=calibrated)
+        probs = pl_module.calibration.probabilities(outputs["logits"], calibrated=calibrated)
         for metric in self._state[stage]:
             metric.update(probs, outputs["labels"])
 
@@ -128,8 +119,7 @@ class CalibrationFigures(L.Callback):
     def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
                           batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:  # fmt: skip
         self._update("test", pl_module, outputs, calibrated=False)
-        method = getattr(pl_module, "calibration_method", pl_module.fitted_temperature)()
-        if method is not None:
+        if pl_module.calibration.fitted:
             self._update("test_calibrated", pl_module, outputs, calibrated=True)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

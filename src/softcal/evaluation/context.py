@@ -30,59 +30,10 @@ from softcal.runs.load import LoadedRun, load_run
 if TYPE_CHECKING:
     from lightning.pytorch import LightningDataModule
 
+    from softcal.calibration.run_calibration import RunCalibration
+
 #: Evaluation prints one table: no progress bar or model summary unless an override asks.
 QUIET = ("--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false")
-
-#: Short legends of the stored methods; shim until RunCalibration lands.
-_METHOD_LABELS = {"vector": "vector scaling", "matrix": "matrix scaling",
-                  "histogram": "histogram binning", "isotonic": "isotonic regression"}  # fmt: skip
-
-
-class _CalibrationShim:  # shim until RunCalibration lands
-    """Today's calibration API behind the names of ``RunCalibration`` (``run.calibration``)."""
-
-    def __init__(self, run: LoadedRun) -> None:
-        self._run = run
-
-    @property
-    def method(self) -> str | None:
-        return self._run.calibration_method
-
-    @property
-    def temperature(self) -> float | None:
-        return self._run.temperature
-
-    @property
-    def fitted(self) -> bool:
-        return self.method is not None
-
-    def probabilities(self, logits: torch.Tensor, calibrated: bool = True) -> torch.Tensor:
-        model = self._run.model
-        with torch.no_grad():
-            probs = model.probabilities(logits.to(model.temperature.device), calibrated=calibrated)
-        return probs.to(logits.device)
-
-    def calibrated_logits(self, logits: torch.Tensor) -> torch.Tensor:
-        held = self._run.calibrator
-        if held is not None:
-            return held.calibrated_logits(logits.float())  # histogram/isotonic: SoftcalError
-        return logits.float() / (self.temperature or 1.0)
-
-    def describe(self) -> str:
-        if self._run.calibrator is not None:
-            return self._run.calibrator.describe()
-        t = self.temperature
-        return f"temperature scaling, T = {t:.4f}" if t is not None else "not fitted: raw softmax"
-
-    def label(self) -> str:
-        if self.method not in (None, "temperature"):
-            return _METHOD_LABELS.get(str(self.method), str(self.method))
-        return f"T = {self.temperature:.3f}" if self.temperature is not None else "T = 1, not fitted"
-
-
-#: The type of ``ctx.calibration``; shim until RunCalibration lands (then RunCalibration itself).
-Calibration = _CalibrationShim
-
 
 class EvaluationContext:
     """One reopened run and its evaluated ``split`` ("test" or "val"); every pass made once."""
@@ -100,9 +51,9 @@ class EvaluationContext:
         return cls(load_run(path, [*QUIET, *overrides], check_classes=True), split, overrides)
 
     @property
-    def calibration(self) -> Calibration:
+    def calibration(self) -> RunCalibration:
         """The run's stored calibration: method, temperature, probabilities, legends."""
-        return _CalibrationShim(self.run)  # shim until RunCalibration lands: run.calibration
+        return self.run.calibration
 
     @property
     def dataset(self) -> str:
@@ -148,6 +99,7 @@ class EvaluationContext:
                 metrics=self.tested().metrics,
                 class_names=self.run.class_names,
                 calibration_method=calibration.method,
+                calibration_label=calibration.label(),
             )
         return self._evaluation
 

@@ -31,16 +31,19 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from softcal.errors import SoftcalError
-from softcal.evaluation.context import Calibration, EvaluationContext
+from softcal.evaluation.context import EvaluationContext
 from softcal.evaluation.ood_sets import OODSet, load_ood_set, parse_spec
 from softcal.evaluation.results import AnalysisResult
 from softcal.runs.run_dirs import atomic_write_bytes, atomic_write_json
 from softcal.uncertainty.ood import LOGIT_SCORES, SCORES, detection_metrics, ood_scores, probability_scores
+
+if TYPE_CHECKING:
+    from softcal.calibration.run_calibration import RunCalibration
 
 #: The table's columns: (metric key of detection_metrics, header).
 COLUMNS = (("auroc", "AUROC"), ("aupr_in", "AUPR-in"), ("aupr_out", "AUPR-out"),
@@ -64,7 +67,7 @@ class Detection:
         return len(self.scores_out[SCORES[0]])
 
 
-def calibrated_scores(calibration: Calibration, logits: torch.Tensor) -> dict[str, torch.Tensor]:
+def calibrated_scores(calibration: RunCalibration, logits: torch.Tensor) -> dict[str, torch.Tensor]:
     """The scores of the calibrated model (see the module docstring), by name; a score the
     calibration has no version of is left out."""
     if calibration.method == "temperature":
@@ -80,7 +83,7 @@ def calibrated_scores(calibration: Calibration, logits: torch.Tensor) -> dict[st
 
 
 def detect(logits_in: torch.Tensor, logits_out: torch.Tensor, ood: OODSet,
-           calibration: Calibration | None = None) -> Detection:  # fmt: skip
+           calibration: RunCalibration | None = None) -> Detection:  # fmt: skip
     """Every score and metric, raw and (with a fitted calibration) calibrated."""
     raw_in, raw_out = ood_scores(logits_in), ood_scores(logits_out)
     results = {"raw": {s: detection_metrics(raw_in[s], raw_out[s]) for s in SCORES}}
@@ -124,7 +127,7 @@ def markdown_table(detection: Detection, legends: Mapping[str, str], in_name: st
     return "\n".join(lines + [f"\n{note}" for note in detection.ood.notes]) + "\n"
 
 
-def calibration_note(calibration: Calibration, detections: Sequence[Detection]) -> str | None:
+def calibration_note(calibration: RunCalibration, detections: Sequence[Detection]) -> str | None:
     """What the tables leave out for this calibration, in one line; None when nothing."""
     if not calibration.fitted:
         return "no fitted temperature: only the raw scores (T = 1)"

@@ -24,7 +24,7 @@ COLUMNS = (
 def results_table(e: Evaluation) -> str:
     """Training's results table (raw vs calibrated per metric), headed by the split scored."""
     title = f"{e.dataset} {e.split} split, checkpoint {e.checkpoint}"
-    return format_results(e.metrics, e.temperature, title, split=e.split, method=e.calibration_method)
+    return format_results(e.metrics, e.calibration_label, title, split=e.split)
 
 
 def comparison_title(evaluations: Sequence[Evaluation]) -> str:

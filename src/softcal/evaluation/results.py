@@ -66,6 +66,8 @@ class Evaluation:
     class_names: list[str] = field(default_factory=list)
     #: what the calibrated metrics used: "temperature", the run's stored --calibrator, or None
     calibration_method: str | None = None
+    #: the calibrated column's header (``RunCalibration.label()``)
+    calibration_label: str = "T = 1, not fitted"
     out_dir: Path | None = None
     files: list[Path] = field(default_factory=list)
     #: every analysis's result, in the order they ran

@@ -2,17 +2,15 @@
 
     logits = net(images)              the net's output head gives logits
     loss   = cross_entropy(logits, y) the training objective
-    probs  = softmax(logits / T)      what every metric and every prediction is computed from
+    probs  = softmax(logits)          what the raw metrics are computed from, and
+    probs  = calibration(logits)      what the calibrated metrics and predictions use
 
-(or, when the run stores another calibrator - ``--calibrator vector`` etc. - that calibrator's
-probabilities; its slot, :class:`softcal.calibration.stored.CalibratorSlot`, travels in every
-checkpoint like T and is empty for the default, temperature scaling).
-
-T is the temperature. It is 1 and marked "not fitted" until a
-:class:`softcal.calibration.callbacks.TemperatureScaling` callback fits it on validation logits;
-both the value and the fitted flag are buffers, so every checkpoint carries them - that is the
-one place the temperature is stored. Metrics are logged once per epoch; per-step logging costs
-real time on small nets.
+``self.calibration`` is the run's one calibration object
+(:class:`softcal.calibration.run_calibration.RunCalibration`): temperature scaling by default,
+or the ``--calibrator`` the run chose. It is "not fitted" until the
+:class:`softcal.calibration.callbacks.FitCalibration` callback fits it on validation logits,
+and it is part of the state_dict, so every checkpoint carries the calibration of its own
+weights. Metrics are logged once per epoch; per-step logging costs real time on small nets.
 """
 
 from __future__ import annotations
@@ -27,9 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MetricCollection
 
-from softcal.calibration.calibrators import Calibrator
 from softcal.calibration.metrics import calibration_metrics
-from softcal.calibration.stored import CalibratorSlot
+from softcal.calibration.run_calibration import RunCalibration, upgrade_state_dict
 from softcal.checks import above, at_least, check_options, in_range
 from softcal.data.loader import Batch
 from softcal.errors import NonFiniteLossError
@@ -112,9 +109,9 @@ class Classifier(L.LightningModule):
             self.net = self.net.to(memory_format=torch.channels_last)
         self._compiled: nn.Module | None = None
         self._planned_steps: int | None = None  # a resumed one-cycle schedule's length
-        self.register_buffer("temperature", torch.ones(()))
-        self.register_buffer("temperature_fitted", torch.zeros((), dtype=torch.bool))
-        self.calibrator = CalibratorSlot()  # another method than T, when the run stores one
+        self.calibration = RunCalibration(num_classes)
+        # Checkpoints written before RunCalibration keep T in buffers: mapped when loaded.
+        self.register_load_state_dict_pre_hook(self._upgrade_calibration_keys)
         k, bins = num_classes, calibration_bins
         # One MetricCollection per stage ("train" cannot be a ModuleDict key: nn.Module.train).
         self.metrics = nn.ModuleDict({
@@ -124,38 +121,15 @@ class Classifier(L.LightningModule):
             "test_calibrated": calibration_metrics(k, "test_calibrated/", bins),
         })  # fmt: skip
 
-    # ------------------------------------------------------------------ temperature
-    def set_temperature(self, value: float | None) -> None:
-        """Store a fitted T, or mark the model "not fitted" (None: T = 1)."""
-        self.temperature.fill_(1.0 if value is None else value)
-        self.temperature_fitted.fill_(value is not None)
-
-    def fitted_temperature(self) -> float | None:
-        """The fitted T, or None when none was fitted (a fitted T of exactly 1 is a float)."""
-        return float(self.temperature) if bool(self.temperature_fitted) else None
-
-    def set_calibrator(self, calibrator: Calibrator | None) -> None:
-        """Store a fitted calibrator of another method than T, or none (None)."""
-        self.calibrator.hold(calibrator)
-
-    def stored_calibrator(self) -> Calibrator | None:
-        return self.calibrator.held
-
-    def calibration_method(self) -> str | None:
-        """The method ``probabilities(calibrated=True)`` applies; None: nothing fitted."""
-        if self.calibrator.held is not None:
-            return self.calibrator.held.method
-        return "temperature" if self.fitted_temperature() is not None else None
-
+    # ------------------------------------------------------------------ calibration
     def probabilities(self, logits: torch.Tensor, calibrated: bool = True) -> torch.Tensor:
-        """The stored calibrator's probabilities when there is one, else softmax(logits / T);
-        with ``calibrated=False``, or nothing fitted, the raw softmax (T = 1)."""
-        if calibrated and self.calibrator.held is not None:
-            return self.calibrator(logits)
-        logits = logits.float()
-        if calibrated:
-            logits = logits / self.temperature  # 1 when not fitted
-        return torch.softmax(logits, dim=1)
+        """The run's calibrated probabilities (``self.calibration``); with ``calibrated=False``,
+        or nothing fitted, the raw softmax."""
+        return self.calibration.probabilities(logits, calibrated)
+
+    def _upgrade_calibration_keys(self, module: nn.Module, state_dict: dict[str, Any], prefix: str,
+                                  *args: Any) -> None:  # fmt: skip
+        upgrade_state_dict(state_dict, prefix, int(self.hparams.num_classes))
 
     # ------------------------------------------------------------------ model
     def configure_model(self) -> None:

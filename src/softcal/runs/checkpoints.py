@@ -71,9 +71,9 @@ def checkpoint_hparams(ckpt: dict[str, Any], path: str | Path) -> dict[str, Any]
 def load_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], path: Path) -> None:
     """load_state_dict, with a mismatch (another net than config.yaml names) as one line.
 
-    A checkpoint without a stored calibrator's key (a temperature-only run, or one written
-    before ``--calibrator`` existed) loads strictly: the Classifier's CalibratorSlot reads a
-    missing key as "none stored" (softcal.calibration.stored)."""
+    Checkpoints that keep T in the older ``temperature`` buffers load strictly too: the
+    Classifier maps those keys onto its calibration first
+    (:func:`softcal.calibration.run_calibration.upgrade_state_dict`)."""
     try:
         model.load_state_dict(state_dict)
     except RuntimeError as err:

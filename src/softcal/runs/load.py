@@ -2,10 +2,9 @@
 
 A run is rebuilt from two files it left behind and nothing else:
 
-* the checkpoint (read with ``weights_only=True``) gives the weights, the temperature (its
-  ``temperature`` / ``temperature_fitted`` buffers), the stored calibrator when the run chose
-  another method (``calibrator._extra_state``; absent in older checkpoints: none stored) and
-  the data facts the model was built with (classes, channels, image size);
+* the checkpoint (read with ``weights_only=True``) gives the weights, the run's calibration
+  (``calibration._extra_state``; older checkpoints' ``temperature`` buffers are mapped onto it)
+  and the data facts the model was built with (classes, channels, image size);
 * ``config.yaml``, the config LightningCLI resolved and saved, gives the net, the datamodule
   (for its preprocessing, class names and splits) and the Trainer settings, with the same
   types and the same ``--data.* / --model.* / --trainer.*`` overrides as training accepts.
@@ -35,7 +34,7 @@ from softcal.runs.run_dirs import find_run_dir, resolve_checkpoint
 if TYPE_CHECKING:
     from jsonargparse import ArgumentParser, Namespace
 
-    from softcal.calibration.calibrators import Calibrator
+    from softcal.calibration.run_calibration import RunCalibration
     from softcal.data import ClassificationDataModule
     from softcal.model.module import Classifier
 
@@ -76,22 +75,9 @@ class LoadedRun:
     trainer: dict[str, Any] = field(repr=False)
 
     @property
-    def temperature(self) -> float | None:
-        """The fitted temperature, or None when the checkpoint carries none (T = 1 applies).
-        Read from the model's buffers, the one place a run keeps it."""
-        return self.model.fitted_temperature()
-
-    @property
-    def calibrator(self) -> Calibrator | None:
-        """The calibrator the run stored (``--calibrator`` other than temperature), or None:
-        then the probabilities are temperature-scaled (or raw, with no fitted T)."""
-        return self.model.stored_calibrator()
-
-    @property
-    def calibration_method(self) -> str | None:
-        """The method calibrated probabilities use: a stored calibrator's, "temperature", or
-        None when the checkpoint carries nothing fitted (raw softmax)."""
-        return self.model.calibration_method()
+    def calibration(self) -> RunCalibration:
+        """The run's calibration (method, T, how to apply it, its name): the model's own."""
+        return self.model.calibration
 
     @property
     def class_names(self) -> list[str]:
@@ -111,17 +97,9 @@ class LoadedRun:
         size = int(self.model.hparams.image_size)
         return size, size
 
-    def temperature_note(self) -> str:
-        """How this run's probabilities are calibrated, in words for a report line."""
-        if self.calibrator is not None:
-            return f"{self.calibrator.describe()}, fitted on the validation split"
-        if self.temperature is None:
-            return "no fitted temperature: raw softmax, uncalibrated"
-        return f"T = {self.temperature:.4f}, fitted on the validation split"
-
     def uncalibrated_warning(self, what: str) -> str | None:
-        """A warning line when the run has no fitted temperature, else None."""
-        if self.temperature is not None:
+        """A warning line when the run has no fitted calibration, else None."""
+        if self.calibration.fitted:
             return None
         return (f"warning: {self.checkpoint.name} has no fitted temperature (trained with"
                 f" --calibrate false?); {what} are uncalibrated (T = 1)")  # fmt: skip

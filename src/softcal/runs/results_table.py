@@ -17,18 +17,13 @@ PERCENT_ROWS = ("mce", "rmsce", "aurc", "e_aurc", "risk_at_80", "risk_at_90", "r
 FINE_ROWS = ("aurc", "e_aurc", "risk_at_80", "risk_at_90", "risk_at_95")
 
 
-def format_results(results: dict[str, float], temperature: float | None, title: str,
-                   split: str = "test", method: str | None = None) -> str:  # fmt: skip
-    """A two-column table: raw softmax vs calibrated, one row per metric of ``split``. The
-    calibrated column is temperature-scaled unless ``method`` names the run's stored
-    calibrator (``--calibrator vector`` etc.), which the header then names."""
+def format_results(results: dict[str, float], calibration_label: str, title: str, split: str = "test") -> str:
+    """A two-column table: raw softmax vs calibrated, one row per metric of ``split``; the
+    calibrated column's header names the run's calibration (``RunCalibration.label()``)."""
     names = sorted({k.split("/", 1)[1] for k in results if k.startswith(f"{split}/")})
     names.sort(key=lambda n: ROW_ORDER.index(n) if n in ROW_ORDER else len(ROW_ORDER))
-    t = f"T = {temperature:.3f}" if temperature is not None else "T = 1, not fitted"
-    if method not in (None, "temperature"):
-        t = method  # "vector scaling" would not fit the column
     width = max([15, *(len(n) + 1 for n in names)])  # misclassification_auroc is 23 long
-    head = f"{'metric':<{width}}{split + ' (T = 1)':>15}{'calibrated (' + t + ')':>26}"
+    head = f"{'metric':<{width}}{split + ' (T = 1)':>15}{'calibrated (' + calibration_label + ')':>26}"
     lines = [title, head, "-" * len(head)]
     for name in names:
         raw = results.get(f"{split}/{name}", math.nan)
