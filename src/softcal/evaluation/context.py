@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 #: Evaluation prints one table: no progress bar or model summary unless an override asks.
 QUIET = ("--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false")
 
+
 class EvaluationContext:
     """One reopened run and its evaluated ``split`` ("test" or "val"); every pass made once."""
 
