@@ -120,7 +120,11 @@ def test_every_config_yields_the_same_columns_with_fixed_placeholders():
     for name, kind, _ in HPARAMS:  # one type per column, whatever the config
         assert type(a[name]) is type(b[name]) is type(PLACEHOLDER[kind]), name
     assert empty["calibrator"] == "temperature" and empty["calibrate"] is True
-    assert hparam_values({**mnist, "calibrator": "isotonic"})["calibrator"] == "isotonic"
+    # the columns keep their names; their values come from the calibration: group
+    assert mnist["calibration"] == {"enabled": True, "method": "temperature"}
+    isotonic = hparam_values({**mnist, "calibration": {"enabled": True, "method": "isotonic"}})
+    assert isotonic["calibrator"] == "isotonic" and isotonic["calibrate"] is True
+    assert hparam_values({**mnist, "calibration": {"enabled": False}})["calibrate"] is False
     assert hparam_values(mnist, accelerator="cpu")["accelerator"] == "cpu"  # what auto became
 
 
@@ -185,7 +189,8 @@ def _expected_row(config: dict, dataset: str) -> dict:
         "crop_padding": data["crop_padding"], "crop_pad_mode": data["crop_pad_mode"],
         "hflip": data["hflip"], "alternate_flips": data["alternate_flips"], "seed": config["seed_everything"],
         "precision": trainer["precision"], "accelerator": "cpu",  # config: auto; this machine has no GPU
-        "devices": trainer["devices"], "calibrate": config["calibrate"], "calibrator": config["calibrator"],
+        "devices": trainer["devices"], "calibrate": config["calibration"]["enabled"],
+        "calibrator": config["calibration"]["method"],
     }  # fmt: skip
 
 

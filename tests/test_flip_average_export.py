@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from softcal.apps.export import ProbabilityModel, export_onnx
+from softcal.calibration.run_calibration import RunCalibration
 from softcal.model.whitened_cnn import WhitenedCNN
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -18,7 +19,9 @@ def test_onnx_export_keeps_the_flip_averaging(tmp_path):
     torch.manual_seed(0)
     net = WhitenedCNN(3, 10, widths=(8, 16, 16))
     net.fit_whitening(torch.randn(64, 3, 32, 32))
-    model = ProbabilityModel(net, MEAN, STD, temperature=0.9).eval()
+    calibration = RunCalibration(10)
+    calibration.use_temperature(0.9)
+    model = ProbabilityModel(net, MEAN, STD, calibration).eval()
     images = torch.rand(3, 3, 32, 32)
     with torch.no_grad():
         expected = model(images)

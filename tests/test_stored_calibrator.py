@@ -17,7 +17,6 @@ import pytest
 import torch
 from scipy.optimize import minimize
 
-from softcal.apps.cli import CalibratorName
 from softcal.apps.export import main as export_main
 from softcal.apps.predict import main as predict_main
 from softcal.calibration.calibrators import METHODS, make_calibrator
@@ -27,6 +26,7 @@ from softcal.model.module import Classifier
 from softcal.runs.checkpoints import load_weights
 from softcal.runs.load import load_run
 from softcal.runs.results_table import format_results
+from softcal.runs.run_config import CalibratorName
 from tests.conftest import REPO, TINY, run_script
 from tests.helpers import collect_logits
 from tests.synthetic_data import write_idx_dataset
@@ -101,14 +101,15 @@ def test_the_cli_choices_are_the_library_methods():
 def test_an_unknown_calibrator_is_one_line():
     from softcal.apps.train import main as train
 
-    with pytest.raises(SoftcalError, match='Parser key "calibrator": Expected a typing.Literal') as caught:
-        train(["--calibrator", "platt"])
-    assert "\n" not in str(caught.value) and "Got value: platt" in str(caught.value)
-    assert str(caught.value) == (
-        'bad config or argument: Parser key "calibrator": Expected a'
-        " typing.Literal['temperature', 'vector', 'matrix', 'histogram', 'isotonic']. Got value: platt"
-        " (see --help)"
-    )
+    for spelling in (["--calibrator", "platt"], ["--calibration.method=platt"]):  # the old one: an alias
+        with pytest.raises(SoftcalError, match='"calibration.method": Expected a typing.Literal') as caught:
+            train(spelling)
+        assert "\n" not in str(caught.value) and "Got value: platt" in str(caught.value)
+        assert str(caught.value) == (
+            'bad config or argument: Parser key "calibration.method": Expected a'
+            " typing.Literal['temperature', 'vector', 'matrix', 'histogram', 'isotonic']. Got value: platt"
+            " (see --help)"
+        )
 
 
 def test_a_calibrator_without_calibration_is_one_line(tmp_path):

@@ -1,14 +1,20 @@
-"""Find an experiment config by path or by name, wherever softcal is installed.
+"""Find an experiment config by path or by name, wherever softcal is installed, and its base.
 
 The YAML files live in the top-level ``configs/`` folder that users read and edit. pyproject.toml
 installs that folder as the package ``softcal.configs``, so ``importlib.resources`` finds it from
 any working directory: an editable install (``pip install -e .``) reads the checkout's folder
 itself, a non-editable one (``pip install .``) the copy installed beside the code. Nothing here
 assumes where the package sits relative to a checkout.
+
+A config may be an overlay of another: ``configs/cifar100.yaml`` holds only what differs from
+``configs/cifar10.yaml`` and says so in its opening comments, ``# base: cifar10.yaml``.
+:func:`config_chain` lists the files such a config means, base first; ``--config cifar100``
+(training) and ``--ood cifar100`` (evaluate) both read them in that order.
 """
 
 from __future__ import annotations
 
+import re
 from importlib import resources
 from pathlib import Path
 
@@ -16,6 +22,10 @@ from softcal.errors import SoftcalError
 
 #: The experiment a bare ``python scripts/train.py`` / ``softcal-train`` runs.
 DEFAULT_CONFIG = "mnist.yaml"
+
+#: How an overlay names the config it builds on: a line ``# base: cifar10.yaml`` among the
+#: comments that open the file. A comment, not a key: LightningCLI reads the file as it is.
+BASE_LINE = re.compile(r"#\s*base:\s*(\S+)\s*")
 
 
 def packaged_configs_dir() -> Path:
@@ -68,3 +78,44 @@ def default_config() -> Path:
     if not path.is_file():
         raise SoftcalError(f"default config {path} not found; reinstall softcal or pass --config FILE.yaml")
     return path
+
+
+def config_base(path: Path) -> Path | None:
+    """The config ``path`` builds on (its ``# base: NAME`` line), or None: it stands alone.
+
+    NAME is a file beside ``path`` (``cifar10.yaml``, ``../mine.yaml``), or else a packaged
+    config of that name, so a copy of an overlay still finds the packaged base. An unreadable
+    file has no base here; reading it as a config reports what is wrong with it.
+    """
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, ValueError):  # ValueError: not text
+        return None
+    for line in lines:
+        if line.strip() and not line.lstrip().startswith("#"):
+            return None  # the opening comments are over
+        found = BASE_LINE.fullmatch(line.strip())
+        if found:
+            name = found.group(1)
+            beside = path.parent / Path(name).expanduser()  # an absolute NAME stays itself
+            if beside.is_file():
+                return beside
+            if (packaged := packaged_configs_dir() / Path(name).name).is_file():
+                return packaged
+            raise SoftcalError(
+                f"config {path} names its base {name} ('# base:' line), which is neither beside it nor"
+                " a packaged config; correct that line or put the base beside it"
+            )
+    return None
+
+
+def config_chain(path: Path) -> list[Path]:
+    """``path`` preceded by its bases, the furthest first: the files ``--config path`` means,
+    in the order LightningCLI layers them (each later one overrides the ones before)."""
+    chain = [path]
+    while (base := config_base(chain[0])) is not None:
+        if any(base.resolve() == seen.resolve() for seen in chain):
+            loop = " -> ".join(str(p) for p in [*reversed(chain), base])
+            raise SoftcalError(f"config {path}: its '# base:' lines go round in a loop ({loop}); break it")
+        chain.insert(0, base)
+    return chain

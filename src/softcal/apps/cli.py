@@ -1,8 +1,11 @@
 """The command line: LightningCLI over the Classifier and any ClassificationDataModule.
 
-It only wires things together: the config (``--config``, default ``configs/mnist.yaml``), the
-data facts linked into the model, the callbacks every run gets, and ``--ckpt_path`` resolved
-to a run directory. What happens with the pieces is :mod:`softcal.apps.train`.
+It only wires things together: the command line as typed made LightningCLI's
+(:mod:`softcal.apps.command_line`: configs and their bases, the old option spellings), the
+config's schema beyond model, data and trainer (:mod:`softcal.runs.run_config`, which also
+reopens runs), the callbacks every run gets, built from their config groups, and
+``--ckpt_path`` resolved to a run directory. What happens with the pieces is
+:mod:`softcal.apps.train`.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import re
 import sys
 from argparse import ArgumentError
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
@@ -19,7 +22,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from softcal.allocator import FreezeStartupObjects, keep_freed_memory
-from softcal.apps.config_files import default_config, resolve_config
+from softcal.apps.command_line import command_line
 from softcal.calibration.callbacks import CalibrationFigures, FitCalibration
 from softcal.calibration.selective_callback import SelectivePrediction
 from softcal.checks import check_epochs
@@ -27,24 +30,11 @@ from softcal.data import ClassificationDataModule, default_data_root
 from softcal.errors import SoftcalError, softcal_cause
 from softcal.model.module import Classifier
 from softcal.runs.checkpoint_io import with_atomic_checkpoints
+from softcal.runs.config_problems import config_problem
 from softcal.runs.dashboard import RunDashboard
 from softcal.runs.last_checkpoint import LastCheckpoint
+from softcal.runs.run_config import add_training_arguments, check_training_config
 from softcal.runs.run_dirs import latest_run_with_last
-
-#: ``--calibrator`` values: softcal.calibration.calibrators.METHODS, spelled out for the parser.
-CalibratorName = Literal["temperature", "vector", "matrix", "histogram", "isotonic"]
-
-
-def with_config(args: list[str]) -> list[str]:
-    """Resolve every ``--config`` value (a path, or a packaged config's name); prepend the
-    default config when none is named."""
-    args, named = list(args), False
-    for i, arg in enumerate(args):
-        if arg == "--config" and i + 1 < len(args):
-            args[i + 1], named = str(resolve_config(args[i + 1])), True
-        elif arg.startswith("--config="):
-            args[i], named = f"--config={resolve_config(arg.split('=', 1)[1])}", True
-    return args if named else ["--config", str(default_config()), *args]
 
 
 class SoftcalCLI(LightningCLI):
@@ -52,9 +42,9 @@ class SoftcalCLI(LightningCLI):
 
     def __init__(self, args: list[str] | None = None, **kwargs: Any) -> None:
         if args is None:  # from the command line: rewrite argv (LightningCLI reads it itself)
-            sys.argv[1:] = with_config(sys.argv[1:])
+            sys.argv[1:] = command_line(sys.argv[1:])
         else:
-            args = with_config(list(args))
+            args = command_line(args)
         self.command_line = [sys.argv[0], *(sys.argv[1:] if args is None else args)]  # TEXT tab
         try:
             super().__init__(
@@ -70,9 +60,8 @@ class SoftcalCLI(LightningCLI):
                 },
                 **kwargs,
             )
-        except ArgumentError as err:
-            # jsonargparse explains unknown keys and wrong types well, over several lines.
-            detail = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+        except ArgumentError as err:  # jsonargparse's lines, one line, "did you mean" added
+            detail = config_problem(err, getattr(self, "parser", None))
             raise SoftcalError(f"bad config or argument: {detail} (see --help)") from err
         except ValueError as err:  # jsonargparse wraps what a constructor raises in its own error
             cause = softcal_cause(err)
@@ -81,50 +70,13 @@ class SoftcalCLI(LightningCLI):
             raise cause from None  # the constructor's one line (e.g. batch_size=0), not the wrapper
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_class_arguments(ModelCheckpoint, "checkpoint", instantiate=False)
-        parser.add_class_arguments(LastCheckpoint, "last_checkpoint", instantiate=False)
-        parser.set_defaults({
-            "checkpoint.monitor": "val/acc",
-            "checkpoint.mode": "max",
-            "checkpoint.save_last": False,  # last.ckpt is LastCheckpoint's job
-            "checkpoint.filename": "best-epoch{epoch:02d}-step{step}",
-            "checkpoint.auto_insert_metric_name": False,
-        })  # fmt: skip
-        parser.add_argument("--ckpt_path", type=str | None, default=None,
-                            help="resume from a checkpoint, a run directory, or 'last' (the"
-                                 " newest run of this experiment with a last.ckpt)")  # fmt: skip
-        parser.add_argument("--calibrate", type=bool, default=True,
-                            help="fit a temperature on the validation logits at each validation")  # fmt: skip
-        parser.add_argument("--calibrator", type=CalibratorName, default="temperature",
-                            help="the calibration the run stores and its calibrated metrics, predict"
-                                 " and export use; fitted next to T at each validation (T is always"
-                                 " fitted and reported)")  # fmt: skip
-        parser.add_argument("--figures", type=bool, default=True,
-                            help="reliability diagrams, confidence histograms and confusion"
-                                 " matrices in TensorBoard at every validation and at test")  # fmt: skip
-        parser.add_argument("--progress_refresh_rate", type=int, default=50,
-                            help="progress bar updates every N steps (each costs time)")  # fmt: skip
-        parser.add_argument("--keep_freed_memory", type=bool, default=True,
-                            help="keep freed memory in the C heap for the next step instead of"
-                                 " mapping it afresh (glibc; see softcal.allocator)")  # fmt: skip
-        # The data knows its classes and image shape; the model is told, never configured twice.
-        for name in ("num_classes", "in_channels", "class_names"):
-            parser.link_arguments(f"data.{name}", f"model.{name}", apply_on="instantiate")
-        parser.link_arguments("data.image_size", "model.image_size",
-                              compute_fn=lambda size: int(size[0]), apply_on="instantiate")  # fmt: skip
-        # One seed drives initialisation, the train/val split and the shuffling order.
-        parser.link_arguments("seed_everything", "data.init_args.split_seed")
+        """The callbacks' groups, the run's options and the links: the run config's schema."""
+        add_training_arguments(parser)
 
     def before_instantiate_classes(self) -> None:
         """Resolve ``--ckpt_path`` so a resumed run writes into its own run directory, and the
         data root, so the saved config.yaml names the data actually used (not ``null``)."""
-        calibrator = self.config.get("calibrator") or "temperature"
-        if not self.config.get("calibrate", True) and calibrator != "temperature":
-            # Nothing would be fitted, and the run's HPARAMS row would name a method it never used.
-            raise SoftcalError(
-                f"--calibrator {calibrator} needs --calibrate true: with --calibrate false no"
-                " calibrator is fitted; drop one of the two options"
-            )
+        check_training_config(self.config)
         self.resume_path = resolve_resume(self.config.get("ckpt_path"), self.config.trainer.get("logger"))
         if self.config.get("keep_freed_memory", True):
             keep_freed_memory()  # before the datasets and the net allocate anything
@@ -152,12 +104,11 @@ class SoftcalCLI(LightningCLI):
         callbacks: list[Callback] = []
         if trainer_config.get("enable_checkpointing") is not False:
             callbacks += [ModelCheckpoint(**settings.checkpoint), LastCheckpoint(**settings.last_checkpoint)]
-        if settings.get("calibrate", True):
-            callbacks.append(FitCalibration(settings.get("calibrator") or "temperature"))
-        if settings.get("figures", True):
-            callbacks.append(CalibrationFigures(self.model.hparams.calibration_bins))
-        # AURC, E-AURC, risk at coverage at test (test/*, test_calibrated/*); its figure with --figures
-        callbacks.append(SelectivePrediction(draw=settings.get("figures", True)))
+        # each from its config group (calibration:, figures:); disabled ones do nothing
+        callbacks.append(FitCalibration(**settings.calibration))
+        figures = CalibrationFigures(**settings.figures, n_bins=self.model.hparams.calibration_bins)
+        # AURC, E-AURC, risk at coverage at test (test/*, test_calibrated/*); its figure with figures
+        callbacks += [figures, SelectivePrediction(draw=figures.enabled)]
         given = trainer_config.get("callbacks") or []
         if trainer_config.get("enable_progress_bar", True) is not False and not any(
             isinstance(c, ProgressBar) for c in (given if isinstance(given, list) else [given])

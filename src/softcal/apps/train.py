@@ -1,10 +1,10 @@
 """Train, calibrate, test: ``python scripts/train.py`` and ``softcal-train``.
 
-    fit      the Trainer trains; at every validation the TemperatureScaling callback fits T on
-             the validation logits, so each checkpoint carries the T of its own weights
-    best     the best checkpoint's weights and T are loaded back (the final weights when the
-             run saves no checkpoint)
-    test     raw and temperature-scaled metrics on the test split, one table, results.json
+    fit      the Trainer trains; at every validation the FitCalibration callback fits the run's
+             calibration on the validation logits, so each checkpoint carries its own
+    best     the best checkpoint's weights and calibration are loaded back (the final weights
+             when the run saves no checkpoint)
+    test     raw and calibrated metrics on the test split, one table, results.json
 
 Without ``--config`` the default ``configs/mnist.yaml`` is used; any value can be overridden
 (``--trainer.max_epochs 3``), and the resolved config is saved in the run directory.

@@ -59,8 +59,11 @@ class FitCalibration(_StepOutputs):
     runs of any method can be compared on it.
 
     Args:
-        method: temperature (default), vector, matrix, histogram or isotonic.
-        enabled: False fits nothing: every checkpoint is "not fitted" (raw softmax).
+        method: temperature (default), vector, matrix, histogram or isotonic
+            (``--calibration.method``).
+        enabled: False (``--calibration.enabled false``) makes the callback do nothing at all:
+            it stays in the Trainer's list, as its config group says, and the module keeps
+            "not fitted" (raw softmax).
     """
 
     def __init__(self, method: str = "temperature", enabled: bool = True) -> None:
@@ -69,12 +72,17 @@ class FitCalibration(_StepOutputs):
             raise ValueError(f"unknown calibrator {method!r}; choose one of {', '.join(METHODS)}")
         self.method, self.enabled = method, enabled
 
+    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
+                                batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:  # fmt: skip
+        if self.enabled:  # disabled: keep no logits (they would only cost memory)
+            super().on_validation_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
+
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        pl_module.calibration.reset()  # also one restored from a run resumed with another method
+        if self.enabled:  # also one restored from a run resumed with another method is stale
+            pl_module.calibration.reset()
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or not self._logits or not self.enabled:
-            self._logits, self._labels = [], []
+        if not self.enabled or trainer.sanity_checking or not self._logits:
             return
         logits = gather_from_all_processes(pl_module, torch.cat(self._logits))
         labels = gather_from_all_processes(pl_module, torch.cat(self._labels))
@@ -92,10 +100,17 @@ class CalibrationFigures(L.Callback):
     Keeps its own per-bin sums and confusion counts (exact, constant in memory, summed across
     processes when drawn) from the logits each step returns. ``finished[stage]`` keeps the last
     drawn state of each stage (bin sums and ``confusion``), for pictures saved elsewhere; with
-    no logger nothing is drawn, but ``finished`` is still filled.
+    no logger nothing is drawn, but ``finished`` is still filled. ``enabled=False``
+    (``--figures.enabled false``) makes the callback do nothing: no sums, no pictures.
     """
 
     def __init__(self, n_bins: int = 15, enabled: bool = True) -> None:
+        """
+        Args:
+            n_bins: equal-width confidence bins of the reliability diagram.
+            enabled: draw at every validation and at test; false (``--figures.enabled false``):
+                no sums, no pictures.
+        """
         self.n_bins, self.enabled = n_bins, enabled
         self._state: dict[str, tuple[TopLabelBins, MulticlassConfusionMatrix]] = {}
         self.finished: dict[str, dict[str, torch.Tensor]] = {}

@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from softcal.config_files import available_configs, resolve_config
+from softcal.config_files import available_configs, config_chain, resolve_config
 from softcal.data.image_files import find_images
 from softcal.data.readers import IMAGE_SUFFIXES, decode_images
-from softcal.errors import DataError, SoftcalError, first_line, softcal_cause
+from softcal.errors import DataError, SoftcalError
 
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
@@ -146,29 +146,13 @@ def folder_images(folder: Path, channels: int, size: tuple[int, int]) -> tuple[t
 
 
 def config_datamodule(spec: OODSpec) -> Any:
-    """The datamodule the config's ``data`` section describes (instantiated, not set up)."""
-    import yaml
-    from jsonargparse import ArgumentParser
-
-    from softcal.data import ClassificationDataModule
+    """The datamodule the config's ``data`` section describes (instantiated, not set up), read
+    as training reads it: the config's bases first, the same parser (softcal.runs.run_config)."""
+    from softcal.runs.run_config import config_datamodule as datamodule_of
 
     assert spec.path is not None
     where = f"--ood {spec.text}" + ("" if str(spec.path) == spec.text else f" ({spec.path})")
-    try:
-        data = (yaml.safe_load(spec.path.read_text()) or {}).get("data")
-    except (OSError, ValueError, yaml.YAMLError, AttributeError) as err:  # ValueError: not text
-        raise SoftcalError(f"{where}: not a readable YAML config ({first_line(err)})") from err
-    if not data:
-        raise SoftcalError(f"{where}: the config has no data section; pass a datamodule config")
-    parser = ArgumentParser(exit_on_error=False)
-    parser.add_subclass_arguments(ClassificationDataModule, "data", required=True)
-    try:
-        return parser.instantiate_classes(parser.parse_object({"data": data})).data
-    except Exception as err:  # jsonargparse reports bad class paths and values many ways
-        cause = softcal_cause(err)
-        if cause is not None:
-            raise cause from None
-        raise SoftcalError(f"{where}: the config cannot build its datamodule ({first_line(err)})") from err
+    return datamodule_of(config_chain(spec.path), where)
 
 
 def load_ood_set(spec: OODSpec, channels: int, size: tuple[int, int], n_noise: int) -> OODSet:

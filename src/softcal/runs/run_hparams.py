@@ -37,8 +37,8 @@ HPARAMS: tuple[tuple[str, int, str], ...] = (
     ("precision", STRING, "trainer precision"),
     ("accelerator", STRING, "the accelerator the run used"),
     ("devices", NUMBER, "devices per node"),
-    ("calibrate", BOOL, "a temperature fitted at each validation"),
-    ("calibrator", STRING, "post-hoc calibration method reported as calibrated"),
+    ("calibrate", BOOL, "a temperature fitted at each validation (calibration.enabled)"),
+    ("calibrator", STRING, "post-hoc calibration method reported as calibrated (calibration.method)"),
 )
 
 #: The columns TensorBoard shows before any is ticked: it shows five, those marked ``differs``
@@ -98,6 +98,7 @@ def hparam_values(config: Mapping[str, Any], **facts: Any) -> dict[str, str | fl
     data = config.get("data") or {}
     data_args = data.get("init_args", data) if isinstance(data, Mapping) else {}
     seed = config.get("seed_everything")
+    calibration = config.get("calibration") if isinstance(config.get("calibration"), Mapping) else {}
     raw: dict[str, Any] = {
         "dataset": None,
         "net": _last_name(net.get("class_path")),
@@ -111,8 +112,9 @@ def hparam_values(config: Mapping[str, Any], **facts: Any) -> dict[str, str | fl
         "precision": trainer.get("precision"),
         "accelerator": trainer.get("accelerator"),
         "devices": trainer.get("devices"),
-        "calibrate": config.get("calibrate", True),
-        "calibrator": config.get("calibrator") or "temperature",
+        # the columns keep the names of the options the calibration: group replaced
+        "calibrate": calibration.get("enabled", True),
+        "calibrator": calibration.get("method") or "temperature",
     }
     raw.update(facts)
     if raw["seed"] is False:  # seeding switched off
