@@ -32,6 +32,34 @@ def bin_index(confidence: torch.Tensor, n_bins: int) -> torch.Tensor:
     return (confidence * n_bins).long().clamp_(0, n_bins - 1)
 
 
+#: (count, probability sum, hit sum) per (class, bin), each (K * B,) float64, at k * B + b.
+ClassBinSums = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def class_bin_sums(probs: torch.Tensor, target: torch.Tensor, n_bins: int,
+                   into: ClassBinSums | None = None) -> ClassBinSums:  # fmt: skip
+    """For every class k and equal-width bin b of p_k: how many rows fall in it, the sum of
+    their p_k and how many of them have label k. One implementation for the two users of the
+    same sums: classwise ECE accumulates them over batches, histogram binning fits on them.
+
+    ``into`` adds this batch into running sums in place - a metric's state gets the very float64
+    additions it always did (adding a batch's own sums would round differently); without it
+    the sums start at zero.
+    """
+    num_classes = probs.shape[1]
+    size = num_classes * n_bins
+    count, prob_sum, hit_sum = into if into is not None else (
+        torch.zeros(size, dtype=torch.float64, device=probs.device) for _ in range(3))
+    classes = torch.arange(num_classes, device=probs.device)
+    # (class, bin) flattened to one index: all K histograms take one index_add_ per sum.
+    index = (classes * n_bins + bin_index(probs, n_bins)).flatten()
+    hits = (target[:, None] == classes).double().flatten()
+    count.index_add_(0, index, torch.ones_like(hits))
+    prob_sum.index_add_(0, index, probs.double().flatten())
+    hit_sum.index_add_(0, index, hits)
+    return count, prob_sum, hit_sum
+
+
 # ----------------------------------------------------------------------------- binned metrics
 
 
@@ -144,12 +172,7 @@ class ClasswiseCalibrationError(Metric):
             self.add_state(name, zeros, dist_reduce_fx="sum")
 
     def update(self, probs: torch.Tensor, target: torch.Tensor) -> None:
-        classes = torch.arange(self.num_classes, device=probs.device)
-        index = (classes * self.n_bins + bin_index(probs, self.n_bins)).flatten()
-        hits = (target[:, None] == classes).double().flatten()
-        self.count.index_add_(0, index, torch.ones_like(hits))
-        self.prob_sum.index_add_(0, index, probs.double().flatten())
-        self.hit_sum.index_add_(0, index, hits)
+        class_bin_sums(probs, target, self.n_bins, into=(self.count, self.prob_sum, self.hit_sum))
 
     def compute(self) -> torch.Tensor:
         n = self.count.view(self.num_classes, self.n_bins).sum(1).clamp_min(1)
