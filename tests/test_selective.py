@@ -9,6 +9,7 @@ import itertools
 import math
 import os
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -256,6 +257,111 @@ def test_refuses_empty_mismatched_or_nan():
         SoftcalError, match="^selective prediction: a confidence is NaN or infinite; check the logits$"
     ):
         selective_report(t([0.1, math.nan]), t([1, 0]))
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def softmax_case(n: int = 600, k: int = 5, seed: int = 0, ties: bool = False):
+    """float32 probabilities and labels, wrong where the confidence is low more often; with
+    ``ties`` the logits are on a coarse grid, so many confidences are exactly equal."""
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n, k, generator=gen) * 2
+    if ties:
+        logits = logits.round()
+    labels = torch.where(torch.rand(n, generator=gen) < 0.7, logits.argmax(1), torch.randint(0, k, (n,), generator=gen))
+    return torch.softmax(logits, 1), labels
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_metrics_are_the_report_to_the_last_digit(ties):
+    """Updated batch by batch, each metric is exactly the float64 number selective_report gives
+    for the float32 (confidence, correct) pairs: what the callback logged before them."""
+    from torchmetrics import MetricCollection
+
+    from softcal.uncertainty.selective_metrics import selective_metrics
+
+    probs, labels = softmax_case(ties=ties)
+    collection = MetricCollection(selective_metrics(), compute_groups=True)
+    for chunk in range(0, len(labels), 128):
+        collection.update(probs[chunk : chunk + 128], labels[chunk : chunk + 128])
+    values = collection.compute()
+    confidence, predicted = probs.max(1)
+    report = selective_report(confidence, predicted == labels)
+    assert sorted(values) == sorted(report)
+    for name, value in values.items():
+        assert value.dtype == torch.float64 and value.item() == report[name], name
+    if ties:
+        assert len(confidence.unique()) < len(confidence) / 2
+
+
+def test_selective_metrics_keep_one_state_with_adaptive_ece():
+    """In a stage's collection the pairs are kept once, for adaptive ECE and the six metrics,
+    and sharing them changes no number."""
+    from softcal.calibration.metrics import calibration_metrics
+    from softcal.uncertainty.selective_metrics import selective_metrics
+
+    probs, labels = softmax_case(k=10)
+    shared = calibration_metrics(10, "test/", 15, selective_metrics())
+    # the same metrics, each updated on its own: no compute groups
+    alone = dict(calibration_metrics(10, "test/", 15, selective_metrics()).items(keep_base=True))
+    for chunk in range(0, len(labels), 200):
+        shared.update(probs[chunk : chunk + 200], labels[chunk : chunk + 200])
+        for metric in alone.values():
+            metric.update(probs[chunk : chunk + 200], labels[chunk : chunk + 200])
+    pairs = ["adaptive_ece", "aurc", "e_aurc", "misclassification_auroc", "risk_at_80", "risk_at_90",
+             "risk_at_95"]  # fmt: skip
+    assert sorted(pairs) in [sorted(group) for group in shared.compute_groups.values()]
+    members = dict(shared.items(keep_base=True, copy_state=False))
+    states = {id(members[name].confidence) for name in pairs} | {id(members[name].correct) for name in pairs}
+    assert len(states) == 2 and sum(len(c) for c in members["aurc"].confidence) == len(labels)
+    values = shared.compute()
+    assert len(values) == len(alone) == 15
+    for name, metric in alone.items():
+        assert torch.equal(values[f"test/{name}"], metric.compute()), name
+
+
+def test_pairs_add_up_across_processes():
+    """What a multi-process sync does to the cat state: two shards merged give the numbers of
+    the pairs of both (ties make the order within a shard not matter)."""
+    from softcal.uncertainty.selective_metrics import selective_metrics
+
+    probs, labels = softmax_case(n=400)
+    whole = selective_metrics()
+    shards = [selective_metrics(), selective_metrics()]
+    for name, metric in whole.items():
+        metric.update(probs, labels)
+        shards[0][name].update(probs[:150], labels[:150])
+        shards[1][name].update(probs[150:], labels[150:])
+        shards[0][name].merge_state(shards[1][name])
+        assert shards[0][name].compute().item() == metric.compute().item(), name
+
+
+def test_undefined_values_are_left_out_and_other_nans_kept():
+    from softcal.calibration.metrics import calibration_metrics
+    from softcal.uncertainty.selective_metrics import (
+        MisclassificationAUROC,
+        TopLabelPairs,
+        selective_metrics,
+        without_undefined,
+    )
+
+    labels = torch.tensor([0, 1, 2, 1])
+    probs = torch.nn.functional.one_hot(labels, 3).float() * 0.8 + 0.2 / 3  # every one right
+    assert math.isnan(MisclassificationAUROC()(probs, labels).item())
+    collection = calibration_metrics(3, "test/", 15, selective_metrics())
+    collection.update(probs, labels)
+    values = collection.compute()
+    kept = without_undefined(values, collection)
+    assert set(values) - set(kept) == {"test/misclassification_auroc"}
+    assert kept["test/aurc"].item() == 0.0 and kept["test/e_aurc"].item() == 0.0
+    broken = {**values, "test/nll": torch.tensor(math.nan)}  # a failure, not "no value": logged
+    assert "test/nll" in without_undefined(broken, collection)
+    # nothing seen: no value either, and the pairs themselves are empty
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*called before the ``update`` method.*")
+        assert math.isnan(MisclassificationAUROC().compute().item())
+        assert len(TopLabelPairs().compute()["confidence"]) == 0
 
 
 # ----------------------------------------------------------------------------- figure

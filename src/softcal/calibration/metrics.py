@@ -13,7 +13,8 @@ c is correct. The metrics here measure the gap:
 The binned metrics keep three sums per bin (count, confidence, correct), so their state is
 exact, constant in memory and adds up across processes; torchmetrics' own calibration error
 keeps every prediction instead. Bins are [k/B, (k+1)/B), with a confidence of exactly 1.0 in
-the last bin. Only ``adaptive_ece`` stores per-sample values: equal-mass bins need sorting.
+the last bin. Only ``adaptive_ece`` stores per-sample values: equal-mass bins need sorting
+(the (confidence, correct) pairs the selective metrics of the test stages rank, shared).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
+
+from softcal.uncertainty.selective_metrics import TopLabelPairs
 
 # A probability of 0 has no finite log; float32's smallest normal number caps a term at 87.3.
 _TINY = torch.finfo(torch.float32).tiny
@@ -124,30 +127,23 @@ class RMSCalibrationError(TopLabelBins):
         return (weight * gap.square()).sum().sqrt().float()
 
 
-class AdaptiveCalibrationError(Metric):
+class AdaptiveCalibrationError(TopLabelPairs):
     """Adaptive ECE: like ECE, over bins that each hold an equal share of the predictions.
 
     Keeps one confidence and one correct flag per prediction (8 bytes), since equal-mass bin
-    edges are only known once every confidence has been seen.
+    edges are only known once every confidence has been seen: the pairs of the selective
+    metrics (:class:`~softcal.uncertainty.selective_metrics.TopLabelPairs`), so in one
+    MetricCollection they are all kept once.
     """
 
-    full_state_update = False
     higher_is_better = False
 
     def __init__(self, n_bins: int = 15, **kwargs) -> None:
         super().__init__(**kwargs)
         self.n_bins = n_bins
-        self.add_state("confidence", [], dist_reduce_fx="cat")
-        self.add_state("correct", [], dist_reduce_fx="cat")
-
-    def update(self, probs: torch.Tensor, target: torch.Tensor) -> None:
-        confidence, prediction = probs.max(dim=1)
-        self.confidence.append(confidence.float())
-        self.correct.append((prediction == target).float())
 
     def compute(self) -> torch.Tensor:
-        confidence = _cat(self.confidence).double()
-        correct = _cat(self.correct).double()
+        confidence, correct = (values.double() for values in self.pairs())
         if confidence.numel() == 0:
             return torch.tensor(0.0)
         order = torch.argsort(confidence, stable=True)
@@ -217,14 +213,11 @@ class NegativeLogLikelihood(_MeanOverSamples):
         return -probs.gather(1, target[:, None]).squeeze(1).clamp_min(_TINY).log()
 
 
-def _cat(values: list[torch.Tensor] | torch.Tensor) -> torch.Tensor:
-    if isinstance(values, torch.Tensor):
-        return values
-    return torch.cat(values) if values else torch.zeros(0)
-
-
-def calibration_metrics(num_classes: int, prefix: str, n_bins: int = 15) -> MetricCollection:
-    """Every metric of a stage, each updated with (softmax probabilities, integer labels)."""
+def calibration_metrics(num_classes: int, prefix: str, n_bins: int = 15,
+                        extra: dict[str, Metric] | None = None) -> MetricCollection:  # fmt: skip
+    """Every metric of a stage, each updated with (softmax probabilities, integer labels);
+    ``extra`` joins the same collection (the test stages' selective metrics), so Lightning logs
+    them together and metrics with the same state share it."""
     metrics: dict[str, Metric] = {
         "acc": MulticlassAccuracy(num_classes, average="micro"),
         "ece": ExpectedCalibrationError(n_bins),
@@ -237,5 +230,7 @@ def calibration_metrics(num_classes: int, prefix: str, n_bins: int = 15) -> Metr
     }
     if num_classes > 5:
         metrics["acc_top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
-    # compute_groups lets ECE, MCE and RMS share one set of bin sums.
+    metrics.update(extra or {})
+    # compute_groups lets ECE, MCE and RMS share one set of bin sums, and adaptive ECE and the
+    # selective metrics one list of (confidence, correct) pairs.
     return MetricCollection(metrics, prefix=prefix, compute_groups=True)
