@@ -21,7 +21,6 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from softcal.allocator import FreezeStartupObjects, keep_freed_memory
 from softcal.apps.config_files import default_config, resolve_config
 from softcal.calibration.callbacks import CalibrationFigures, FitCalibration
-from softcal.calibration.selective_callback import SelectivePrediction
 from softcal.checks import check_epochs
 from softcal.data import ClassificationDataModule, default_data_root
 from softcal.errors import SoftcalError, softcal_cause
@@ -156,8 +155,6 @@ class SoftcalCLI(LightningCLI):
             callbacks.append(FitCalibration(settings.get("calibrator") or "temperature"))
         if settings.get("figures", True):
             callbacks.append(CalibrationFigures(self.model.hparams.calibration_bins))
-        # AURC, E-AURC, risk at coverage at test (test/*, test_calibrated/*); its figure with --figures
-        callbacks.append(SelectivePrediction(draw=settings.get("figures", True)))
         given = trainer_config.get("callbacks") or []
         if trainer_config.get("enable_progress_bar", True) is not False and not any(
             isinstance(c, ProgressBar) for c in (given if isinstance(given, list) else [given])
