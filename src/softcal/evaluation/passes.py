@@ -27,7 +27,6 @@ import torch
 from lightning.pytorch import Callback, Trainer
 
 from softcal.calibration.callbacks import CalibrationFigures, gather_from_all_processes
-from softcal.calibration.selective_callback import SelectivePrediction
 from softcal.evaluation.results import Confidences, SplitLogits, SplitPass
 
 if TYPE_CHECKING:
@@ -104,14 +103,13 @@ def key_for_split(key: str, split: str, scored_as: str = "test") -> str:
 
 def split_pass(run: LoadedRun, datamodule: L.LightningDataModule, split: str) -> SplitPass:
     """The pass over ``datamodule``'s test split, which holds the run's ``split``."""
-    drawn = CalibrationFigures(int(run.model.hparams.calibration_bins))  # no logger: only sums
-    selective = SelectivePrediction(draw=False)  # test/aurc ... as training logs them
+    drawn = CalibrationFigures(int(run.model.hparams.calibration_bins))  # no logger: only sums and pairs
     collected = LogitsCollector()
-    metrics = run_test(run, datamodule, [drawn, selective, collected])
+    metrics = run_test(run, datamodule, [drawn, collected])
     raw = drawn.finished["test"]
     calibrated = drawn.finished.get("test_calibrated", raw)  # nothing fitted: the raw softmax
     pairs = {stage: Confidences(found["confidence"], found["correct"])
-             for stage, found in selective.finished.items()}  # fmt: skip
+             for stage, found in drawn.pairs.items()}  # fmt: skip
     return SplitPass(
         split=split,
         metrics={key_for_split(k, split): float(v) for k, v in sorted(metrics.items())},
