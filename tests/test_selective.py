@@ -269,7 +269,8 @@ def softmax_case(n: int = 600, k: int = 5, seed: int = 0, ties: bool = False):
     logits = torch.randn(n, k, generator=gen) * 2
     if ties:
         logits = logits.round()
-    labels = torch.where(torch.rand(n, generator=gen) < 0.7, logits.argmax(1), torch.randint(0, k, (n,), generator=gen))
+    keep = torch.rand(n, generator=gen) < 0.7  # drawn before the noise, as the order matters
+    labels = torch.where(keep, logits.argmax(1), torch.randint(0, k, (n,), generator=gen))
     return torch.softmax(logits, 1), labels
 
 

@@ -7,10 +7,9 @@ the run's settings - its accelerator and, above all, its precision (a bf16 run's
 from a float32 forward pass in the last digits, enough to move a sample across an ECE bin edge).
 
 A split's pass (:func:`split_pass`) keeps, at once, what the module's ``test_step`` logs (the
-metrics, raw and calibrated), the bin sums and confusion counts of
-:class:`~softcal.calibration.callbacks.CalibrationFigures`, the (confidence, correct) pairs of
-:class:`~softcal.calibration.selective_callback.SelectivePrediction` and the float32 logits of
-:class:`LogitsCollector`. Whatever an analysis computes from these logits therefore agrees with
+metrics, raw and calibrated, selective prediction's among them), the bin sums, confusion counts
+and (confidence, correct) pairs of :class:`~softcal.calibration.callbacks.CalibrationFigures`
+and the float32 logits of :class:`LogitsCollector`. Whatever an analysis computes from these logits therefore agrees with
 the printed metrics bit for bit. Images without a split (OOD sets) get a logits-only pass
 (:func:`logits_pass`).
 """
