@@ -9,9 +9,9 @@ from a float32 forward pass in the last digits, enough to move a sample across a
 A split's pass (:func:`split_pass`) keeps, at once, what the module's ``test_step`` logs (the
 metrics, raw and calibrated, selective prediction's among them), the bin sums, confusion counts
 and (confidence, correct) pairs of :class:`~softcal.calibration.callbacks.CalibrationFigures`
-and the float32 logits of :class:`LogitsCollector`. Whatever an analysis computes from these logits therefore agrees with
-the printed metrics bit for bit. Images without a split (OOD sets) get a logits-only pass
-(:func:`logits_pass`).
+and the float32 logits of :class:`LogitsCollector`. Whatever an analysis computes from these
+logits therefore agrees with the printed metrics bit for bit. Images without a split (OOD
+sets) get a logits-only pass (:func:`logits_pass`).
 """
 
 from __future__ import annotations
