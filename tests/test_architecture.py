@@ -3,6 +3,8 @@
 - no module under src/softcal over 300 lines, no function or method over 60 lines;
 - imports only run down the layers (same layer or lower), at module level and inside functions
   and ``TYPE_CHECKING`` blocks alike, and ``data`` and ``calibration`` do not import each other;
+- no import cycle among softcal's modules, counting the same imports (an import inside a
+  function that closes a cycle only hides it until the function runs);
 - no ``utils`` module: every module says what it is for.
 
 Each failure lists every offender with its file and line, so the message says what to fix.
@@ -11,6 +13,7 @@ Each failure lists every offender with its file and line, so the message says wh
 from __future__ import annotations
 
 import ast
+from collections import deque
 from pathlib import Path
 
 import pytest
@@ -28,6 +31,7 @@ LAYERS: dict[str, int] = {
     "errors": 0,
     "checks": 0,  # option-value rules: imports errors only
     "atomic_files": 0,  # the one atomic, fsynced file writer: imports errors only
+    "config_files": 0,  # finds packaged configs by name: imports errors only
     "allocator": 0,
     "softmax_demo": 0,
     "data": 1,
@@ -37,7 +41,8 @@ LAYERS: dict[str, int] = {
     "conformal": 1,  # split conformal sets on probabilities: imports errors only
     "model": 2,
     "runs": 3,
-    "apps": 4,
+    "evaluation": 4,  # evaluate's pipeline: the context of a reopened run and its analyses
+    "apps": 5,
 }
 NOT_CODE = {"configs"}
 # Same layer, but independent of each other: neither may import the other.
@@ -153,6 +158,115 @@ def layering_errors(path: Path, tree: ast.Module) -> list[str]:
 def test_imports_only_run_down_the_layers() -> None:
     errors = [error for path in source_files() for error in layering_errors(path, parse(path))]
     assert not errors, "imports that break the layering:\n" + "\n".join(errors)
+
+
+#: module -> {softcal module it imports: the line of its first import statement naming it}
+Graph = dict[str, dict[str, int]]
+
+
+def import_graph(trees: dict[Path, ast.Module]) -> Graph:
+    """Which softcal module imports which, from every import statement in each file (module
+    level, functions, ``TYPE_CHECKING`` blocks); ``from a import b`` counts ``a.b`` when that is
+    a module, else ``a``."""
+    names = {module_name(path) for path in trees}
+    graph: Graph = {name: {} for name in names}
+    for path, tree in trees.items():
+        own = module_name(path)
+        for line, dotted in imported_modules(path, tree):
+            if dotted in names and dotted != own:
+                graph[own][dotted] = min(line, graph[own].get(dotted, line))
+    return graph
+
+
+def _components(graph: Graph) -> list[set[str]]:
+    """The strongly connected components (Tarjan): modules that all reach each other."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[set[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:  # node is the first of a component: pop it whole
+            component = {stack.pop()}
+            while node not in component:
+                component.add(stack.pop())
+            found.append(component)
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def import_cycles(graph: Graph) -> list[list[str]]:
+    """Every module on a cycle gets the shortest cycle through it (first module the smallest
+    name, last = first), each distinct cycle once, sorted."""
+    cycles: set[tuple[str, ...]] = set()
+    for component in _components(graph):
+        for start in component:
+            before: dict[str, str] = {}
+            queue = deque([start])
+            while queue and start not in before:
+                node = queue.popleft()
+                for nxt in sorted(graph[node]):
+                    if nxt in component and nxt not in before:
+                        before[nxt] = node
+                        queue.append(nxt)
+            if start not in before:  # a component of one module that does not import itself
+                continue
+            path = [start]
+            while len(path) == 1 or path[-1] != start:
+                path.append(before[path[-1]])
+            ring = path[::-1][:-1]
+            first = ring.index(min(ring))
+            cycles.add(tuple(ring[first:] + ring[:first]))
+    return [[*cycle, cycle[0]] for cycle in sorted(cycles)]
+
+
+def describe_cycle(cycle: list[str], graph: Graph, files: dict[str, Path]) -> str:
+    """``a (src/softcal/a.py:3) -> b (src/softcal/b.py:9) -> a``: each import and its line."""
+    steps = [f"{a} ({where(files[a], graph[a][b])})" for a, b in zip(cycle, cycle[1:], strict=False)]
+    return " -> ".join([*steps, cycle[-1]])
+
+
+def test_no_import_cycles() -> None:
+    trees = {path: parse(path) for path in source_files()}
+    graph = import_graph(trees)
+    files = {module_name(path): path for path in trees}
+    cycles = [describe_cycle(cycle, graph, files) for cycle in import_cycles(graph)]
+    assert not cycles, "import cycles (each arrow an import statement):\n" + "\n".join(cycles)
+
+
+def test_cycle_check_follows_imports_inside_functions() -> None:
+    """The cycle finder must see an import inside a function, name the line of every import on
+    the way round, and leave a module that merely imports into a cycle out of it."""
+    sources = {
+        "a.py": "import os\n\ndef f():\n    from softcal.b import thing",
+        "b.py": "from softcal import c",  # softcal.c as a module: ``from softcal import c``
+        "c.py": "if TYPE_CHECKING:\n    import softcal.a",
+        "d.py": "import softcal.a",  # into the cycle, not on it
+        "e/__init__.py": "",
+        "e/f.py": "from . import g",  # a second cycle, by relative imports
+        "e/g.py": "from .f import h",
+    }
+    trees = {PACKAGE / name: ast.parse(text) for name, text in sources.items()}
+    graph = import_graph(trees)
+    cycles = import_cycles(graph)
+    assert cycles == [["softcal.a", "softcal.b", "softcal.c", "softcal.a"],
+                      ["softcal.e.f", "softcal.e.g", "softcal.e.f"]]  # fmt: skip
+    files = {module_name(path): path for path in trees}
+    assert describe_cycle(cycles[0], graph, files) == (
+        "softcal.a (src/softcal/a.py:4) -> softcal.b (src/softcal/b.py:1) -> softcal.c"
+        " (src/softcal/c.py:2) -> softcal.a"
+    )
 
 
 def test_no_utils_module() -> None:

@@ -319,7 +319,7 @@ def test_cli_argument_messages(tmp_path, monkeypatch):
 def test_config_file_messages(monkeypatch):
     from importlib import resources
 
-    from softcal.apps import config_files
+    from softcal import config_files
 
     with pytest.raises(SoftcalError) as caught:
         config_files.resolve_config("/tmp/nothere.yaml")

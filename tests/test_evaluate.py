@@ -10,14 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from softcal.apps.evaluate import (
-    Evaluation,
-    comparison_table,
-    comparison_title,
-    evaluate_checkpoint,
-    main,
-)
+from softcal.apps.evaluate import main
 from softcal.errors import CheckpointError, SoftcalError
+from softcal.evaluation.context import EvaluationContext
+from softcal.evaluation.report import comparison_table, comparison_title
+from softcal.evaluation.results import Evaluation
 from softcal.runs.load import load_run, split_overrides
 from softcal.runs.run_dirs import best_checkpoint
 from tests.conftest import run_script
@@ -127,7 +124,7 @@ def test_images_of_another_shape_are_refused_before_loading(tiny_run: Path, imag
     overrides = ["--data", "softcal.data.ImageFolderDataModule",
                  "--data.init_args.folder", str(image_folder)]  # fmt: skip
     with pytest.raises(CheckpointError, match=r"takes 1x28x28 .* has 3x32x32"):
-        evaluate_checkpoint(tiny_run, overrides=overrides)
+        EvaluationContext.open(tiny_run, overrides=overrides)
 
 
 # ------------------------------------------------------------------ bad input: one line, exit 2

@@ -1,8 +1,8 @@
 """evaluate --calibrators and selective prediction: numbers recomputed from the logits in numpy/sklearn.
 
-The logits themselves (softcal.runs.split_logits) are first shown to be the ones evaluate's test
-run scores; every table number is then recomputed here from them, with metric formulas written
-in numpy - not with softcal.calibration.metrics, which the app uses.
+The logits themselves (softcal.evaluation.context.EvaluationContext.logits) are first shown to be the
+ones evaluate's test run scores; every table number is then recomputed here from them, with metric
+formulas written in numpy - not with softcal.calibration.metrics, which the app uses.
 """
 
 from __future__ import annotations
@@ -17,12 +17,14 @@ import torch
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from softcal.apps import calibrator_comparison
 from softcal.apps.evaluate import main
 from softcal.calibration.calibrators import ALL_METHODS_FOR_COMPARISON
 from softcal.errors import SoftcalError
+from softcal.evaluation import calibrator_comparison
+from softcal.evaluation.context import EvaluationContext
+from softcal.evaluation.results import Confidences
+from softcal.evaluation.selective_prediction import selective_outputs
 from softcal.runs.load import load_run
-from softcal.runs.split_logits import split_logits
 
 REPO = Path(__file__).resolve().parents[1]
 BINS = 15
@@ -101,8 +103,8 @@ def np_selective(confidence: np.ndarray, correct: np.ndarray) -> dict[str, float
 
 @pytest.fixture(scope="module")
 def logits(tiny_run: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    run = load_run(tiny_run, check_classes=True)
-    return {split: split_logits(run, split) for split in ("val", "test")}
+    context = EvaluationContext(load_run(tiny_run, check_classes=True))
+    return {split: context.logits(split) for split in ("val", "test")}
 
 
 @pytest.fixture(scope="module")
@@ -280,20 +282,29 @@ def test_bad_calibrators_option_is_one_line(tiny_run: Path, argv: list[str], mes
         )
 
 
+def _selective_outputs_of(run, logits: torch.Tensor, labels: torch.Tensor, out: Path) -> dict:
+    """selective.json of made-up logits: the pairs CalibrationFigures keeps in a pass (the top
+    probability, raw and by the run's calibration, and whether its class is the label) built here."""
+    calibration = EvaluationContext(run).calibration
+    pairs = {}
+    for stage in ("raw", "calibrated"):
+        confidence, predicted = calibration.probabilities(logits, calibrated=stage == "calibrated").max(dim=1)
+        pairs[stage] = Confidences(confidence, predicted == labels)
+    about = {"checkpoint": Path("x.ckpt"), "dataset": "MNIST", "split": "test"}
+    files, record = selective_outputs(pairs, {"raw": "raw", "calibrated": "calibrated"}, about, out)
+    assert files == [out / "selective.json", out / "risk_coverage.png"]
+    assert json.loads((out / "selective.json").read_text()) == record
+    return record
+
+
 @pytest.mark.parametrize("case", ["all correct", "all wrong"])
 def test_selective_outputs_of_degenerate_predictions(tiny_run: Path, tmp_path: Path, case: str):
     """Every prediction right (or wrong): AURC is 0 (or 1), E-AURC 0, and the misclassification
     AUROC - nothing to separate - is null in selective.json, not a NaN strict JSON cannot hold."""
-    from types import SimpleNamespace
-
-    from softcal.apps.evaluation_analyses import selective_outputs
-
     labels = torch.arange(40) % 10
     target = labels if case == "all correct" else (labels + 1) % 10
     logits = 8 * torch.nn.functional.one_hot(target, 10).float() + torch.linspace(0, 1, 40)[:, None]
-    state = {"run": load_run(tiny_run), "logits": logits, "labels": labels, "selective": {}}
-    evaluation = SimpleNamespace(dataset="MNIST", split="test", checkpoint=Path("x.ckpt"))
-    selective_outputs(evaluation, state, tmp_path)
+    _selective_outputs_of(load_run(tiny_run), logits, labels, tmp_path)
     text = (tmp_path / "selective.json").read_text()
     assert "NaN" not in text
     saved = json.loads(text)
@@ -307,27 +318,21 @@ def test_selective_outputs_of_degenerate_predictions(tiny_run: Path, tmp_path: P
 
 def test_selective_outputs_with_errors_equal_numpy(tiny_run: Path, tmp_path: Path):
     """The tiny run gets every test image right; here logits with ~9% errors and tied
-    confidences go through selective_outputs' own path (no callback pairs: from the logits)."""
-    from types import SimpleNamespace
-
-    from softcal.apps.evaluation_analyses import selective_outputs
-
+    confidences go through selective_outputs, their pairs made as a pass makes them."""
     generator = torch.Generator().manual_seed(3)
     labels = torch.randint(0, 10, (300,), generator=generator)
     logits = (torch.randn((300, 10), generator=generator)
               + 3 * torch.nn.functional.one_hot(labels, 10)).round(decimals=1)  # fmt: skip
     logits[200:] = logits[100:200]  # tied confidences, right for some rows and wrong for others
     run = load_run(tiny_run)
-    state = {"run": run, "logits": logits, "labels": labels, "selective": {}}
-    evaluation = SimpleNamespace(dataset="MNIST", split="test", checkpoint=Path("x.ckpt"))
-    selective_outputs(evaluation, state, tmp_path)
+    _selective_outputs_of(run, logits, labels, tmp_path)
     saved = json.loads((tmp_path / "selective.json").read_text())
+    calibration = EvaluationContext(run).calibration
     for stage, t in (("raw", 1.0), ("calibrated", run.calibration.temperature)):
         # The reference ranks the very float32 probabilities the code ranks: rows whose
         # confidences tie in one softmax implementation need not tie in another (numpy's and
         # torch's exp round differently on some CPUs), and ties are what this test is about.
-        with torch.no_grad():
-            probs = run.model.probabilities(logits, calibrated=stage == "calibrated").numpy()
+        probs = calibration.probabilities(logits, calibrated=stage == "calibrated").numpy()
         assert np.allclose(probs, np_softmax(logits.numpy(), t), atol=1e-6)  # the run's T, nothing else
         correct = (probs.argmax(axis=1) == labels.numpy()).astype(np.float64)
         assert 0.5 < correct.mean() < 0.95  # errors to rank

@@ -2,7 +2,7 @@
 
 The OOD images are rebuilt independently (noise from its definition's statistics, image files
 decoded with PIL, IDX files read with numpy), run through the model in one plain forward pass
-(no Trainer, no softcal.runs.split_logits) and scored with numpy formulas and scikit-learn's
+(no Trainer, no softcal.evaluation.passes) and scored with numpy formulas and scikit-learn's
 roc_auc_score / average_precision_score / roc_curve.
 """
 
@@ -18,7 +18,8 @@ from PIL import Image
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from softcal.apps.evaluate import main
-from softcal.apps.ood_sets import (
+from softcal.errors import SoftcalError
+from softcal.evaluation.ood_sets import (
     NOISE_KINDS,
     load_ood_set,
     luminance,
@@ -26,7 +27,6 @@ from softcal.apps.ood_sets import (
     noise_images,
     parse_spec,
 )
-from softcal.errors import SoftcalError
 from softcal.runs.load import load_run
 from softcal.uncertainty.ood import SCORES
 from tests.conftest import run_script
@@ -175,6 +175,97 @@ def test_printed_table_says_what_was_converted(tiny_run: Path, image_folder: Pat
     assert table[1].split() == ["score", "scaling", "AUROC", "AUPR-in", "AUPR-out", "FPR@95%TPR"]
     assert [line.split()[0] for line in table[3:11]] == [s for s in SCORES for _ in range(2)]
     assert "note: test: 30 of 30 images converted to grayscale for the model" in printed
+
+
+# ----------------------------------------------------------------------------- the run's calibration
+
+
+class _Stored:
+    """A run's calibration as ``ctx.calibration`` presents it, around a fitted calibrator."""
+
+    def __init__(self, calibrator) -> None:
+        self.calibrator, self.method = calibrator, calibrator.method
+        self.temperature, self.fitted = None, True
+
+    def probabilities(self, logits, calibrated=True):
+        return self.calibrator(logits)
+
+    def calibrated_logits(self, logits):
+        return self.calibrator.calibrated_logits(logits)
+
+    def label(self):
+        return f"{self.method} scaling"
+
+
+def _seeded_logits() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(val logits, val labels, in-distribution logits, OOD logits): overconfident, 5 classes."""
+    generator = torch.Generator().manual_seed(5)
+    labels = torch.randint(0, 5, (300,), generator=generator)
+    val = 4 * torch.randn((300, 5), generator=generator) + 6 * torch.nn.functional.one_hot(labels, 5)
+    logits_in = 4 * torch.randn((200, 5), generator=generator) + 6 * torch.nn.functional.one_hot(
+        torch.randint(0, 5, (200,), generator=generator), 5)  # fmt: skip
+    return val, labels, logits_in, 3 * torch.randn((120, 5), generator=generator)
+
+
+@pytest.mark.parametrize("method", ["vector", "matrix", "histogram", "isotonic"])
+def test_calibrated_rows_use_the_stored_calibrator(method: str):
+    """With a stored calibrator other than T, the "calibrated" rows are that calibrator's: msp
+    and entropy of its probabilities, max_logit and energy of its calibrated logits - and for
+    histogram binning and isotonic regression, which have no calibrated logits, raw rows only."""
+    from softcal.calibration.calibrators import make_calibrator
+    from softcal.evaluation.ood_detection import calibration_note, detect, text_table
+    from softcal.evaluation.ood_sets import OODSet
+
+    val, labels, logits_in, logits_out = _seeded_logits()
+    calibration = _Stored(make_calibrator(method, 5).fit(val, labels))
+    found = detect(logits_in, logits_out, OODSet("noise", "noise", torch.zeros(0)), calibration)
+    with torch.no_grad():
+        p_in, p_out = (calibration.probabilities(z).double().numpy() for z in (logits_in, logits_out))
+    plogp = [np.where(p > 0, p * np.log(np.where(p > 0, p, 1)), 0.0).sum(1) for p in (p_in, p_out)]
+    expected = {"msp": sk_metrics(p_in.max(1), p_out.max(1)), "entropy": sk_metrics(*plogp)}
+    if method in ("vector", "matrix"):
+        with torch.no_grad():
+            z_in, z_out = (calibration.calibrated_logits(z).numpy() for z in (logits_in, logits_out))
+        s_in, s_out = np_scores(z_in), np_scores(z_out)
+        expected |= {s: sk_metrics(s_in[s], s_out[s]) for s in ("max_logit", "energy")}
+    assert list(found.results["calibrated"]) == [s for s in SCORES if s in expected]
+    for score, metrics in expected.items():
+        for name, value in metrics.items():
+            # Histogram binning and isotonic regression give many rows equal probabilities: an
+            # entropy summed in numpy's order may split a tie torch's order keeps (~1e-5).
+            assert found.results["calibrated"][score][name] == pytest.approx(value, abs=1e-4), (score, name)
+    raw_in, raw_out = np_scores(logits_in.numpy()), np_scores(logits_out.numpy())
+    for score in SCORES:  # the raw rows: the logits as they are
+        assert found.results["raw"][score] == pytest.approx(sk_metrics(raw_in[score], raw_out[score]))
+    legends = {"raw": "T = 1", "calibrated": calibration.label()}
+    rows = [(line[:12].strip(), line[12:].split("  ")[0]) for line in
+            text_table(found, legends, "in", 200).splitlines()[3:]]  # fmt: skip
+    assert rows == [(score, scaling) for score in SCORES for scaling in ("T = 1", f"{method} scaling")
+                    if scaling == "T = 1" or score in expected]  # fmt: skip
+    note = calibration_note(calibration, [found])
+    if method in ("histogram", "isotonic"):
+        assert note == (f"{method} scaling maps probabilities, not logits: max_logit and energy have no"
+                        " calibrated version (raw rows only)")  # fmt: skip
+    else:
+        assert note is None
+
+
+def test_temperature_rows_are_the_scores_at_t():
+    """Temperature scaling keeps its definition: every score at T (energy = T logsumexp(z/T))."""
+    from softcal.evaluation.ood_detection import calibrated_scores
+    from softcal.uncertainty.ood import ood_scores
+
+    _, _, logits_in, _ = _seeded_logits()
+
+    class AtT:
+        method, temperature, fitted = "temperature", 1.7, True
+
+    scores = calibrated_scores(AtT(), logits_in)
+    for score, values in ood_scores(logits_in, 1.7).items():
+        assert torch.equal(scores[score], values), score
+    reference = np_scores(logits_in.numpy(), 1.7)
+    for score in SCORES:
+        np.testing.assert_allclose(scores[score].numpy(), reference[score], rtol=1e-12, atol=1e-12)
 
 
 # ----------------------------------------------------------------------------- conversions, specs

@@ -12,7 +12,6 @@ import pytest
 import torch
 from PIL import Image
 
-from softcal.apps.evaluate import evaluation_trainer
 from softcal.apps.export import main as export_main
 from softcal.apps.export import metadata, probability_model
 from softcal.apps.predict import main as predict_main
@@ -20,6 +19,7 @@ from softcal.apps.predict import predict_probabilities, read_images
 from softcal.calibration.run_calibration import RunCalibration
 from softcal.data.readers import decode_images, image_label_pairs, read_idx
 from softcal.errors import CheckpointError, DataError
+from softcal.evaluation.passes import evaluation_trainer
 from softcal.runs.load import load_run
 from softcal.runs.run_dirs import best_checkpoint
 from tests.conftest import REPO, TINY, run_script

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from softcal.apps.arguments import run_app_parser
+from softcal.data.image_files import find_images
 from softcal.data.readers import IMAGE_SUFFIXES, decode_images
 from softcal.errors import DataError, exit_on_user_error, first_line
 from softcal.runs.load import LoadedRun, load_run
@@ -47,8 +48,7 @@ def images_to_predict(paths: Sequence[str | Path]) -> list[Path]:
     files: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*")
-                           if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)  # fmt: skip
+            found = find_images(path)
             if not found:
                 raise DataError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in {path}")
             files.extend(found)

@@ -35,9 +35,13 @@ from torch import Tensor
 
 from softcal.errors import SoftcalError
 from softcal.uncertainty.selective import auroc
+from softcal.uncertainty.ties import tie_groups
 
 #: The score names ood_scores returns, each higher for more in-distribution inputs.
 SCORES = ("msp", "max_logit", "energy", "entropy")
+#: The scores read from the logits themselves, not from the probabilities: a calibrator that
+#: maps probabilities (histogram binning, isotonic regression) has no calibrated version of them.
+LOGIT_SCORES = ("max_logit", "energy")
 
 #: The share of in-distribution inputs kept when fpr_at_95_tpr is read.
 TPR_LEVEL = 0.95
@@ -53,11 +57,22 @@ def ood_scores(logits: Tensor, temperature: float | None = None) -> dict[str, Te
         raise SoftcalError(f"the temperature must be a positive number, got {temperature}")
     scaled = logits / t
     log_probs = torch.log_softmax(scaled, dim=1)
-    probs = log_probs.exp()
-    return {
-        "msp": probs.max(dim=1).values,
+    found = {
+        **probability_scores(log_probs.exp(), log_probs),
         "max_logit": logits.max(dim=1).values,
         "energy": t * torch.logsumexp(scaled, dim=1),
+    }
+    return {name: found[name] for name in SCORES}
+
+
+def probability_scores(probs: Tensor, log_probs: Tensor | None = None) -> dict[str, Tensor]:
+    """``msp`` and ``entropy`` of probability rows (N, C), float64 on the CPU: the scores that
+    need only the probabilities, so any calibrator's output has them. ``log_probs`` is their
+    logarithm when known more exactly than ``log(probs)`` (a log-softmax)."""
+    probs = torch.as_tensor(probs).detach().cpu().to(torch.float64)
+    log_probs = probs.log() if log_probs is None else log_probs
+    return {
+        "msp": probs.max(dim=1).values,
         # p ln p with p = 0 is 0, also where ln p underflowed to -inf
         "entropy": torch.where(probs > 0, probs * log_probs, torch.zeros_like(probs)).sum(dim=1),
     }
@@ -71,11 +86,9 @@ def average_precision(score: Tensor, positive: Tensor) -> float:
     n_pos = float(positive.sum())
     if n_pos == 0:
         return math.nan
-    ordered, order = torch.sort(score, descending=True, stable=True)
-    _, sizes = torch.unique_consecutive(ordered, return_counts=True)
-    ends = torch.cumsum(sizes, 0)
-    true_pos = torch.cumsum(positive[order], 0)[ends - 1]
-    precision = true_pos / ends.to(torch.float64)
+    groups = tie_groups(score)
+    true_pos = groups.totals(positive)
+    precision = true_pos / groups.ends.to(torch.float64)
     recall = true_pos / n_pos
     recall_steps = torch.diff(recall, prepend=recall.new_zeros(1))
     return float((recall_steps * precision).sum())
@@ -87,11 +100,9 @@ def fpr_at_tpr(score_in: Tensor, score_out: Tensor, tpr: float = TPR_LEVEL) -> f
     score_in, score_out = _as_scores(score_in, score_out)
     scores = torch.cat([score_in, score_out])
     positive = torch.cat([torch.ones_like(score_in), torch.zeros_like(score_out)])
-    ordered, order = torch.sort(scores, descending=True, stable=True)
-    _, sizes = torch.unique_consecutive(ordered, return_counts=True)
-    ends = torch.cumsum(sizes, 0)
-    true_pos = torch.cumsum(positive[order], 0)[ends - 1]
-    false_pos = ends.to(torch.float64) - true_pos
+    groups = tie_groups(scores)
+    true_pos = groups.totals(positive)
+    false_pos = groups.ends.to(torch.float64) - true_pos
     # The same float division scikit-learn's roc_curve makes, so a TPR of exactly 0.95 counts.
     reached = torch.nonzero(true_pos / len(score_in) >= tpr)[0, 0]
     return float(false_pos[reached] / len(score_out))

@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 
 from softcal.errors import SoftcalError
+from softcal.uncertainty.ties import tie_groups
 
 #: The coverages selective_report gives the risk at, as key suffixes (risk_at_80 ...).
 REPORT_COVERAGES = (80, 90, 95)
@@ -61,11 +62,8 @@ def _as_pairs(confidence: Tensor, correct: Tensor) -> tuple[Tensor, Tensor]:
 def _tie_groups(confidence: Tensor, correct: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Groups of equal confidence, most confident first: (size, end, errors up to the end),
     where ``end`` counts the predictions in this group and all more confident ones."""
-    ordered, order = torch.sort(confidence, descending=True, stable=True)
-    _, sizes = torch.unique_consecutive(ordered, return_counts=True)
-    ends = torch.cumsum(sizes, 0)
-    errors_before_end = torch.cumsum(1.0 - correct[order], 0)[ends - 1]
-    return sizes, ends, errors_before_end
+    groups = tie_groups(confidence)
+    return groups.sizes, groups.ends, groups.totals(1.0 - correct)
 
 
 def step_risks(confidence: Tensor, correct: Tensor) -> Tensor:
@@ -151,12 +149,11 @@ def auroc(score: Tensor, positive: Tensor) -> float:
     n_neg = len(positive) - n_pos
     if n_pos == 0 or n_neg == 0:
         return math.nan
-    ordered, order = torch.sort(score, stable=True)
-    _, sizes = torch.unique_consecutive(ordered, return_counts=True)
-    ends = torch.cumsum(sizes, 0).to(torch.float64)
+    groups = tie_groups(score, descending=False)
+    sizes, ends = groups.sizes, groups.ends.to(torch.float64)
     mean_rank = ends - (sizes.to(torch.float64) - 1) / 2  # ranks from 1; tied ones share the mean
     ranks = torch.empty_like(score)
-    ranks[order] = torch.repeat_interleave(mean_rank, sizes)
+    ranks[groups.order] = torch.repeat_interleave(mean_rank, sizes)
     rank_sum = float(ranks[positive].sum())
     return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 

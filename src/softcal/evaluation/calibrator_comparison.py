@@ -15,6 +15,7 @@ table in markdown) and ``calibrators/reliability_<method>.png``.
 
 from __future__ import annotations
 
+import argparse
 import math
 import textwrap
 from collections.abc import Sequence
@@ -27,8 +28,9 @@ import torch
 # ALL_METHODS_FOR_COMPARISON: the methods a run can store plus unregularised matrix scaling,
 # shown to make the case for regularisation.
 from softcal.calibration.calibrators import ALL_METHODS_FOR_COMPARISON, make_calibrator
-from softcal.calibration.metrics import TopLabelBins, calibration_metrics
 from softcal.errors import SoftcalError
+from softcal.evaluation.context import EvaluationContext
+from softcal.evaluation.results import AnalysisResult
 from softcal.runs.run_dirs import atomic_write_bytes, atomic_write_json
 
 #: The table's columns: (metric key of calibration_metrics, header, shown as a percentage).
@@ -74,6 +76,9 @@ def score_probabilities(probs: torch.Tensor, labels: torch.Tensor, n_bins: int) 
     dict[str, float], dict[str, torch.Tensor]
 ]:  # fmt: skip
     """Every calibration metric of the probabilities, and the top-label bin sums for a diagram."""
+    # torchmetrics takes seconds to import: only when a comparison is made
+    from softcal.calibration.metrics import TopLabelBins, calibration_metrics
+
     metrics = calibration_metrics(probs.shape[1], "", n_bins)
     metrics.update(probs, labels)
     bins = TopLabelBins(n_bins)
@@ -130,8 +135,8 @@ def markdown_table(rows: Sequence[MethodScore], title: str) -> str:
 
 
 def write_comparison(rows: Sequence[MethodScore], out_dir: Path, title: str,
-                     about: dict[str, Any]) -> list[Path]:  # fmt: skip
-    """calibrators.json, calibrators.md and one reliability diagram per row."""
+                     about: dict[str, Any]) -> tuple[list[Path], dict[str, Any]]:  # fmt: skip
+    """calibrators.json, calibrators.md and one reliability diagram per row; (files, record)."""
     from softcal.calibration import figures  # matplotlib only when files are written
 
     record = {**about, "title": title, "columns": [k for k, _, _ in COLUMNS],
@@ -145,24 +150,43 @@ def write_comparison(rows: Sequence[MethodScore], out_dir: Path, title: str,
     for row in rows:
         fig = figures.reliability_diagram(**row.bins, title=f"{wrapped}\n{row.description}")
         files.append(figures.save_png(fig, out_dir / "calibrators" / f"reliability_{row.method}.png"))
-    return files
+    return files, record
 
 
-def run_comparison(state: dict[str, Any], evaluation: Any, out_dir: Path,
-                   methods: Sequence[str]) -> tuple[list[Path], str]:  # fmt: skip
-    """The comparison for one evaluated checkpoint: its test logits (from evaluate's own test
-    run, ``state["logits"]``) and its validation logits, computed here the same way."""
-    from softcal.apps.evaluate import evaluation_trainer
-    from softcal.runs.split_logits import split_logits
+class CalibratorComparison:
+    """``--calibrators all|METHOD,...``: fit each on the validation split, score on the test split."""
 
-    run = state["run"]
-    val = split_logits(run, "val", lambda callbacks: evaluation_trainer(run, callbacks))
-    n_bins = int(run.model.hparams.calibration_bins)
-    rows = compare_calibrators(methods, val, (state["logits"], state["labels"]), n_bins)
-    title = (f"Post-hoc calibrators, {evaluation.dataset}: fitted on the validation split"
-             f" ({len(val[1])}), scored on the test split ({len(state['labels'])}),"
-             f" {evaluation.checkpoint.name}")  # fmt: skip
-    about = {"checkpoint": str(evaluation.checkpoint), "dataset": evaluation.dataset,
-             "fitted_on": {"split": "val", "num_samples": len(val[1])},
-             "scored_on": {"split": "test", "num_samples": len(state["labels"])}, "bins": n_bins}  # fmt: skip
-    return write_comparison(rows, out_dir, title, about), text_table(rows, title)
+    name = "calibrators"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--calibrators", metavar="all|METHOD,...", default=None,
+                            help="fit post-hoc calibrators on the validation split, score them on the"
+                            " test split; write calibrators.json/.md and reliability diagrams")  # fmt: skip
+
+    def check(self, args: argparse.Namespace) -> None:
+        """``--calibrators`` parsed into ``args.methods``; refused with ``--split val``."""
+        args.methods = [] if args.calibrators is None else parse_methods(args.calibrators)
+        if args.methods and args.split != "test":
+            raise SoftcalError("--calibrators fits on the validation split and scores on the test"
+                               " split; leave out --split val")  # fmt: skip
+
+    def wanted(self, args: argparse.Namespace) -> bool:
+        return bool(args.methods)
+
+    def run(self, ctx: EvaluationContext, out_dir: Path, args: argparse.Namespace) -> AnalysisResult:
+        """The comparison for one checkpoint: its validation and test logits, each from the
+        split's one pass (the test one is the pass evaluate's metrics come from)."""
+        val, test = ctx.logits("val"), ctx.logits("test")
+        n_bins = int(ctx.run.model.hparams.calibration_bins)
+        rows = compare_calibrators(args.methods, val, test, n_bins)
+        name = ctx.run.checkpoint.name
+        title = (f"Post-hoc calibrators, {ctx.dataset}: fitted on the validation split"
+                 f" ({len(val.labels)}), scored on the test split ({len(test.labels)}), {name}")  # fmt: skip
+        about = {"checkpoint": str(ctx.run.checkpoint), "dataset": ctx.dataset,
+                 "fitted_on": {"split": "val", "num_samples": len(val.labels)},
+                 "scored_on": {"split": "test", "num_samples": len(test.labels)}, "bins": n_bins}  # fmt: skip
+        files, record = write_comparison(rows, out_dir, title, about)
+        return AnalysisResult(self.name, files, text_table(rows, title), record)
+
+
+ANALYSIS = CalibratorComparison()

@@ -6,7 +6,8 @@ A SPEC is one of:
 * ``gaussian-noise``: every pixel drawn from N(128, 64^2), rounded and clipped to 0..255;
   both as many images as the in-distribution set, in the model's channels and size, from a
   fixed seed (:data:`NOISE_SEED`), so two evaluations score the same images;
-* an image folder: every image file under it (class sub-folders or not, searched recursively);
+* an image folder: every image file under it (class sub-folders or not, searched recursively;
+  hidden files and folders skipped: :func:`softcal.data.image_files.find_images`);
 * a datamodule config (a YAML path, or a packaged config's name such as ``fashion_mnist``):
   the test split of its ``data`` section.
 
@@ -23,6 +24,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from softcal.config_files import available_configs, config_chain, resolve_config
+from softcal.data.image_files import find_images
+from softcal.data.readers import IMAGE_SUFFIXES, decode_images
 from softcal.errors import DataError, SoftcalError
 
 if TYPE_CHECKING:
@@ -59,8 +63,6 @@ class OODSet:
 
 def parse_spec(text: str) -> OODSpec:
     """Which kind of set ``text`` names; one line naming the choices when it names none."""
-    from softcal.apps.config_files import available_configs, resolve_config
-
     if text in NOISE_KINDS:
         return OODSpec(text, "noise")
     path = Path(text).expanduser()
@@ -122,10 +124,7 @@ def _channels(n: int) -> str:
 def folder_images(folder: Path, channels: int, size: tuple[int, int]) -> tuple[torch.Tensor, list[str]]:
     """Every image under ``folder`` decoded like an image-folder dataset (PIL conversion to the
     model's mode and size), with notes counting the images that needed converting."""
-    from softcal.data.readers import IMAGE_SUFFIXES, decode_images
-
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))  # fmt: skip
+    files = find_images(folder)
     if not files:
         raise DataError(f"--ood {folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in it")
     seen = {"mode": 0, "size": 0}
@@ -149,7 +148,6 @@ def folder_images(folder: Path, channels: int, size: tuple[int, int]) -> tuple[t
 def config_datamodule(spec: OODSpec) -> Any:
     """The datamodule the config's ``data`` section describes (instantiated, not set up), read
     as training reads it: the config's bases first, the same parser (softcal.runs.run_config)."""
-    from softcal.apps.config_files import config_chain
     from softcal.runs.run_config import config_datamodule as datamodule_of
 
     assert spec.path is not None
