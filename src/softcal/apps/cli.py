@@ -101,6 +101,7 @@ class SoftcalCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """The Trainer with the config's callbacks plus the ones every softcal run gets."""
+        self.record_measured_statistics()  # before the config is handed to be saved
         config = {**self.config_init.get("trainer", {}), **kwargs}
         check_epochs(config.get("max_epochs"), config.get("max_steps"))
         given = config.get("callbacks") or []
@@ -113,6 +114,15 @@ class SoftcalCLI(LightningCLI):
             return self.trainer_class(**config)
         except MisconfigurationException as err:
             raise trainer_settings_error(err) from err
+
+    def record_measured_statistics(self) -> None:
+        """``mean: auto`` / ``std: auto`` (an image folder's own statistics, measured when its
+        datamodule was built) become the numbers in the config that config.yaml saves, so a
+        reopened run normalises as training did without reading the training folder."""
+        args = self.config.data.get("init_args")
+        for key in ("mean", "std"):
+            if args is not None and args.get(key) == "auto":
+                args[key] = list(getattr(self.datamodule, key))
 
     def run_callbacks(self, trainer_config: dict[str, Any]) -> list[Callback]:
         settings = self.config_init
