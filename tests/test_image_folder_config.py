@@ -38,7 +38,8 @@ def test_the_template_trains_on_a_folder_with_its_own_statistics(tmp_path: Path)
     classes = ["circle", "square", "triangle"]
     want_mean, want_std = measured(load_image_folder(folder / "train", classes, 3, (32, 32))[0])
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())["data"]["init_args"]
-    assert saved["mean"] == pytest.approx(want_mean, abs=1e-4) and saved["std"] == pytest.approx(want_std, abs=1e-4)
+    assert saved["mean"] == pytest.approx(want_mean, abs=1e-4)
+    assert saved["std"] == pytest.approx(want_std, abs=1e-4)
     assert saved["mean"] != [0.5, 0.5, 0.5] and saved["mean"] != [0.4914, 0.4822, 0.4465]  # its own
     shutil.rmtree(tmp_path / "data")  # a reopened run normalises with the recorded numbers
     run = load_run(run_dir)

@@ -45,7 +45,7 @@ class AppArgumentParser(argparse.ArgumentParser):
         description = "\n\n".join(textwrap.fill(p, 78) for p in description.split("\n\n"))
         super().__init__(prog=entry_point(script), description=description, **kwargs)
         self.add_argument("--verbose", action="store_true",
-                          help="on an error, show the traceback as well (or set SOFTCAL_VERBOSE=1)")  # fmt: skip
+                          help="on an error, show the traceback too (or set SOFTCAL_VERBOSE=1)")
         self.epilog = "\n".join(filter(None, ["run config overrides:", OVERRIDES_HELP, self.epilog]))
         self.underscore_spellings: list[tuple[str, str]] = []  # (--top-k, --top_k), for --help
 
@@ -57,7 +57,8 @@ class AppArgumentParser(argparse.ArgumentParser):
     def add_option(self, name: str, *names: str, **kwargs: Any) -> argparse.Action:
         """``--top-k`` as given, and ``--top_k`` accepted as the same option, unlisted."""
         action = self.add_argument(name, *names, **kwargs)
-        underscored = ["--" + n[2:].replace("-", "_") for n in (name, *names) if n.startswith("--") and "-" in n[2:]]
+        long_names = [n for n in (name, *names) if n.startswith("--") and "-" in n[2:]]
+        underscored = ["--" + n[2:].replace("-", "_") for n in long_names]
         if underscored:
             hidden = {k: v for k, v in kwargs.items() if k not in ("help", "default", "required")}
             self.add_argument(*underscored, dest=action.dest, help=argparse.SUPPRESS,

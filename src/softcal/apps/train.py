@@ -31,7 +31,6 @@ from softcal.runs.lost_peer import lost_peer_error
 from softcal.runs.results_table import format_results
 from softcal.runs.run_dirs import atomic_write_json
 
-
 #: Lightning's start-up lines that tell a softcal user nothing: the seed (in config.yaml),
 #: which accelerators exist (the Trainer's settings say which is used) and advertisements.
 BANNERS = re.compile(

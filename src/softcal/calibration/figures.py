@@ -27,7 +27,6 @@ from softcal.calibration.figure_data import (  # noqa: E402, F401  (re-exported:
     zoom_start,
 )
 
-
 #: Colours of the reliability diagram; each gap has its own, so a bar's colour names its meaning.
 ACCURACY, OVERCONFIDENT, UNDERCONFIDENT, COUNT = "#4C72B0", "#C44E52", "#E3A21A", "#8C8C8C"
 
@@ -168,8 +167,10 @@ def risk_coverage_figure(curves: dict[str, tuple[torch.Tensor, torch.Tensor]],
     in on them, from the round coverage where a tenth of the errors are kept
     (:func:`~softcal.calibration.figure_data.zoom_start`), shaded in the first panel.
     """
-    prepared = [(name, torch.as_tensor(c).detach().cpu().double().numpy(),
-                 torch.as_tensor(r).detach().cpu().double().numpy()) for name, (c, r) in curves.items()]  # fmt: skip
+    def array(values: torch.Tensor) -> np.ndarray:
+        return torch.as_tensor(values).detach().cpu().double().numpy()
+
+    prepared = [(name, array(c), array(r)) for name, (c, r) in curves.items()]
     starts = [s for _, cov, rsk in prepared if (s := zoom_start(cov, rsk)) is not None]
     zoom = min(starts) if starts else None
     fig, axes = plt.subplots(1, 2 if zoom else 1, figsize=(10, 4) if zoom else (5.5, 4), dpi=100,
@@ -177,7 +178,8 @@ def risk_coverage_figure(curves: dict[str, tuple[torch.Tensor, torch.Tensor]],
     main = axes[0][0]
     top = _draw_risk_curves(main, prepared, 0.0, labelled=True)
     main.set(title=title, xlabel="coverage (share of predictions kept, most confident first)",
-             ylabel="selective risk: error among kept (%)", xlim=(0, 1), ylim=(0, max(105 * top, 1e-3)))  # fmt: skip
+             ylabel="selective risk: error among kept (%)", xlim=(0, 1),
+             ylim=(0, max(105 * top, 1e-3)))  # fmt: skip
     main.legend(loc="best", fontsize=8)
     if zoom is not None:
         main.axvspan(zoom, 1, color="0.85", alpha=0.5, zorder=0)

@@ -56,7 +56,8 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if path.is_dir():
         return best_checkpoint(find_run_dir(path))
     if not path.is_file():
-        raise CheckpointError(f"{path} not found; pass a .ckpt file or a run directory{checkpoints_near(path)}")
+        near = checkpoints_near(path)
+        raise CheckpointError(f"{path} not found; pass a .ckpt file or a run directory{near}")
     return path
 
 
