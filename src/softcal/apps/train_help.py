@@ -45,6 +45,11 @@ HELP = {
     "data": "the datamodule class and its arguments (--data.init_args.NAME VALUE)",
     "trainer.logger": "where the run's directory goes (--trainer.logger.init_args.NAME VALUE)",
     "model.label_smoothing": "label smoothing of the training loss",
+    "ckpt_path": "resume from a checkpoint, a run directory or last (the newest run)",
+    "keep_freed_memory": "keep freed memory for the next step (glibc; see softcal.allocator)",
+    "trainer.accelerator": "cpu, gpu, mps or auto",
+    "trainer.strategy": "auto, ddp, fsdp, ... (several devices or machines)",
+    "trainer.precision": "32-true, bf16-mixed (recent GPUs), 16-mixed or 64-true",
 }
 
 EPILOG = """\
