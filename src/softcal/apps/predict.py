@@ -10,7 +10,14 @@ isotonic), the same ``Classifier.probabilities`` its calibrated test metrics use
 fitted temperature or calibrator they are the raw softmax, and predict says so. The line
 above the table (and ``"calibration"`` in ``--json``) names what was applied.
 
+``--conformal-alpha 0.05`` adds each image's split-conformal prediction set - the classes it
+holds, with their probabilities - from the thresholds the run stored beside its calibration
+(:mod:`softcal.calibration.conformal_thresholds`: lac, aps, classwise_lac at alpha 0.1, 0.05,
+0.01, fitted on the calibrated validation probabilities). Only those deterministic methods are
+stored, so an image gets the same set every time, alone or in a folder.
+
     python scripts/predict.py --ckpt runs/mnist/version_0 digit.png more_digits/ --top-k 3
+    python scripts/predict.py --ckpt runs/mnist/version_0 digit.png --conformal-alpha 0.05
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from softcal.apps.predict_sets import check_conformal_options, set_lines, stored_predictor, with_sets
 from softcal.data.image_files import find_images
 from softcal.data.readers import IMAGE_SUFFIXES, decode_images
 from softcal.errors import DataError, exit_on_user_error
@@ -104,13 +112,17 @@ def top_k(probabilities: torch.Tensor, names: Sequence[str], k: int) -> list[lis
     ]  # fmt: skip
 
 
-def format_predictions(files: Sequence[Path], ranked: Sequence[list[dict[str, Any]]]) -> str:
-    """One line per image: the file, then each class with its probability."""
+def format_predictions(files: Sequence[Path], ranked: Sequence[list[dict[str, Any]]],
+                       below: Sequence[str] | None = None) -> str:  # fmt: skip
+    """One line per image: the file, then each class with its probability; ``below``: a line
+    to print under each image's (its prediction set)."""
     width = max(len(str(f)) for f in files)
     lines = []
-    for path, row in zip(files, ranked, strict=True):
+    for i, (path, row) in enumerate(zip(files, ranked, strict=True)):
         cells = "   ".join(f"{c['class']} {100 * c['probability']:6.2f}%" for c in row)
         lines.append(f"{str(path):<{width}}   {cells}")
+        if below is not None:
+            lines.append(f"{'':<{width}}   {below[i]}")
     return "\n".join(lines)
 
 
@@ -126,15 +138,23 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--top-k", type=int, default=3, help="classes shown per image")
     parser.add_argument("--json", action="store_true",
                         help="print JSON with every class probability instead of a table")
+    parser.add_argument("--conformal-alpha", metavar="ALPHA", default=None,
+                        help="also print each image's conformal prediction set at this miscoverage"
+                        " (one the run stored: 0.1, 0.05 or 0.01)")
+    parser.add_argument("--conformal-method", metavar="METHOD", default="lac",
+                        help="the stored conformal method of --conformal-alpha: lac (default), aps"
+                        " or classwise_lac")
     args = parser.parse_args(argv)
     if args.top_k < 1:
         parser.error("--top-k must be at least 1")
+    check_conformal_options(args)  # before the checkpoint is read
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     run = load_run(args.ckpt)
+    predictor = stored_predictor(run, args)  # None without --conformal-alpha; before any image is read
     files = images_to_predict(args.files)
     images = read_images(files, run.in_channels, run.image_size)
     probabilities = predict_probabilities(run, images)
@@ -153,11 +173,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             for path, row, probs in zip(files, ranked, probabilities.tolist(), strict=True)
         ],
     }
+    sets = with_sets(report, predictor, probabilities, run.class_names)  # adds "prediction_set"s
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         print(f"checkpoint {run.checkpoint}  ({run.calibration.describe()})")
-        print(format_predictions(files, ranked))
+        print(format_predictions(files, ranked, set_lines(predictor, sets)))
     return report
 
 
