@@ -24,7 +24,6 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from softcal.allocator import FreezeStartupObjects, keep_freed_memory
 from softcal.apps.command_line import command_line
 from softcal.calibration.callbacks import CalibrationFigures, FitCalibration
-from softcal.calibration.selective_callback import SelectivePrediction
 from softcal.checks import check_epochs
 from softcal.data import ClassificationDataModule, default_data_root
 from softcal.errors import SoftcalError, softcal_cause
@@ -104,11 +103,11 @@ class SoftcalCLI(LightningCLI):
         callbacks: list[Callback] = []
         if trainer_config.get("enable_checkpointing") is not False:
             callbacks += [ModelCheckpoint(**settings.checkpoint), LastCheckpoint(**settings.last_checkpoint)]
-        # each from its config group (calibration:, figures:); disabled ones do nothing
+        # each from its config group (calibration:, figures:); disabled ones do nothing. AURC,
+        # E-AURC and risk at coverage are the module's own test metrics; their figure is drawn
+        # by CalibrationFigures with the others.
         callbacks.append(FitCalibration(**settings.calibration))
-        figures = CalibrationFigures(**settings.figures, n_bins=self.model.hparams.calibration_bins)
-        # AURC, E-AURC, risk at coverage at test (test/*, test_calibrated/*); its figure with figures
-        callbacks += [figures, SelectivePrediction(draw=figures.enabled)]
+        callbacks.append(CalibrationFigures(**settings.figures, n_bins=self.model.hparams.calibration_bins))
         given = trainer_config.get("callbacks") or []
         if trainer_config.get("enable_progress_bar", True) is not False and not any(
             isinstance(c, ProgressBar) for c in (given if isinstance(given, list) else [given])
