@@ -27,19 +27,21 @@ from softcal.calibration import figures  # matplotlib, Agg backend
 plt = figures.plt
 #: One marker per method, so points stay apart in greyscale too.
 MARKERS = ("o", "s", "^", "D", "v", "P", "X")
-KINDS = ("raw", "calibrated")
 
 
 def coverage_figure(records: Sequence[dict[str, Any]], n_val: int, title: str) -> figures.Figure:
     """Coverage against 1 - alpha per method and alpha, raw | calibrated (see the module)."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.4), dpi=100, sharey=True)
+    kinds = list(dict.fromkeys(r["probabilities"] for r in records))  # raw, calibrated
+    fig, axes = plt.subplots(1, len(kinds), figsize=(5 * len(kinds), 4.4), dpi=100, sharey=True,
+                             squeeze=False)  # fmt: skip
+    axes = axes[0]
     methods = list(dict.fromkeys(r["method"] for r in records))
     targets = sorted({r["target_coverage"] for r in records})
     low = min(targets[0], min(r["coverage"] for r in records)) - 0.01
     span = 1.0 - low
     line = np.array([low, 1.0])
     half = 0.036 * span  # the half-width of a group of points at one alpha
-    for ax, kind in zip(axes, KINDS, strict=True):
+    for ax, kind in zip(axes, kinds, strict=True):
         ax.plot(line, line, color="gray", lw=0.8, alpha=0.6, label="1 - alpha (the diagonal)")
         for t in targets:  # each point is read against the floor and ceiling drawn under it
             ax.hlines(t, t - half, t + half, color="black", lw=1.2,
@@ -57,7 +59,7 @@ def coverage_figure(records: Sequence[dict[str, Any]], n_val: int, title: str) -
         ax.set_xticks(targets)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("empirical coverage on the test split")
-    axes[1].legend(loc="lower right", fontsize=8)
+    axes[-1].legend(loc="lower right", fontsize=8)
     fig.suptitle(textwrap.fill(title, 110), fontsize=10)
     fig.tight_layout()
     return fig

@@ -21,16 +21,19 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from softcal.conformal import METHODS, coverage_report, fit_conformal, parse_alphas
+from softcal.conformal import METHODS, ConformalPredictor, coverage_report, fit_conformal, parse_alphas
 from softcal.conformal.quantile import min_calibration_size
 from softcal.errors import SoftcalError
 from softcal.evaluation.context import EvaluationContext
 from softcal.evaluation.results import AnalysisResult, SplitLogits
 from softcal.runs.run_dirs import atomic_write_bytes, atomic_write_json
+
+if TYPE_CHECKING:
+    from softcal.calibration.run_calibration import RunCalibration
 
 #: 90%, 95% and 99% coverage.
 DEFAULT_ALPHAS = "0.1,0.05,0.01"
@@ -52,7 +55,7 @@ def check_val_size(n_val: int, alphas: Sequence[float]) -> None:
             )
 
 
-def _record(method: str, alpha: float, kind: str, predictor: Any, report: dict,
+def _record(method: str, alpha: float, kind: str, predictor: ConformalPredictor, report: dict,
             class_names: Sequence[str]) -> dict[str, Any]:  # fmt: skip
     """One method at one alpha on one kind of probabilities, as conformal.json holds it."""
     state = predictor.state()
@@ -160,7 +163,8 @@ class ConformalSets:
         or with ``--split val``."""
         if args.alpha is not None and not args.conformal:
             raise SoftcalError(f"--alpha {args.alpha} sets the conformal miscoverage; add --conformal")
-        args.conformal_alphas = parse_alphas(DEFAULT_ALPHAS if args.alpha is None else args.alpha)
+        alphas = parse_alphas(DEFAULT_ALPHAS if args.alpha is None else args.alpha)
+        args.conformal_alphas = list(dict.fromkeys(alphas))  # each once, in the order given
         if args.conformal and args.split != "test":
             raise SoftcalError("--conformal fits on the validation split and scores on the test split;"
                                " leave out --split val")  # fmt: skip
@@ -189,8 +193,9 @@ class ConformalSets:
         return AnalysisResult(self.name, files, table, record)
 
 
-def _probabilities(calibration: Any, val: SplitLogits, test: SplitLogits,
+def _probabilities(calibration: RunCalibration, val: SplitLogits, test: SplitLogits,
                    calibrated: bool) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """(validation, test) probabilities: the raw softmax, or the run's stored calibration."""
     with torch.no_grad():
         return (calibration.probabilities(val.logits, calibrated=calibrated),
                 calibration.probabilities(test.logits, calibrated=calibrated))  # fmt: skip
