@@ -13,7 +13,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from softcal.evaluation import calibration_table, calibrator_comparison, ood_detection, selective_prediction
+from softcal.evaluation import (
+    calibration_table,
+    calibrator_comparison,
+    ood_detection,
+    selective_prediction,
+    shift,
+)
 from softcal.evaluation.analysis import Analysis
 from softcal.evaluation.context import EvaluationContext
 from softcal.evaluation.results import AnalysisResult
@@ -24,6 +30,7 @@ ANALYSES: tuple[Analysis, ...] = (
     selective_prediction.ANALYSIS,  # selective.json, risk_coverage.png
     calibrator_comparison.ANALYSIS,  # --calibrators: calibrators.json/.md, calibrators/
     ood_detection.ANALYSIS,  # --ood: ood.json/.md, ood/
+    shift.ANALYSIS,  # --shift: shift.json/.md, shift/, tensorboard/
 )
 
 
