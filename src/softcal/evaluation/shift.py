@@ -108,7 +108,8 @@ class ShiftAnalysis:
         parser.add_argument("--shift-severities", metavar="all|1,2,...", default="all",
                             help="with --shift: the severities 1-5 to score (default all)")  # fmt: skip
         parser.add_argument("--shift-samples", metavar="N", type=int, default=None,
-                            help="with --shift: score the first N test images of each set (default all)")  # fmt: skip
+                            help="with --shift: score the first N test images of each set"
+                            " (default all)")  # fmt: skip
 
     def check(self, args: argparse.Namespace) -> None:
         """The options parsed into ``args.shift_corruptions`` and ``args.shift_severity_list``:
