@@ -242,3 +242,18 @@ def test_the_script_prints_one_error_line_for_a_bad_corruption(tiny_run: Path):
         " defocus_blur, glass_blur, motion_blur, zoom_blur, snow, frost, fog, brightness, contrast,"
         " elastic_transform, pixelate, jpeg_compression or all"
     ]
+
+
+def test_the_speed_benchmark_times_each_set_and_writes_its_section(tiny_run: Path, tmp_path: Path, capsys):
+    import shift_speed  # benchmarks/, on the path for the benchmark's tests (conftest)
+
+    doc = tmp_path / "benchmarks.md"
+    totals = shift_speed.main([str(tiny_run), "--shift", "contrast,fog", "--shift-severities", "1,5",
+                               "--shift-samples", "20", "--doc", str(doc)])  # fmt: skip
+    assert totals["sets"] == 4 and totals["total"] >= totals["generation"] + totals["inference"] > 0
+    printed = capsys.readouterr().out
+    assert "contrast                  5      20" in printed and "4 sets: generation " in printed
+    text = doc.read_text()
+    assert "<!-- benchmark:shift-speed-MNIST -->" in text and "| contrast | 2 |" in text
+    assert "## MNIST: `evaluate.py --shift`, 4 sets of 20 images" in text
+    assert "- commit: " in text and "n/a (not the full-size run)" in text
