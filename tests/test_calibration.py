@@ -9,13 +9,16 @@ import numpy as np
 import pytest
 import torch
 
+from softcal.calibration.binning_calibrators import HistogramCalibrator
 from softcal.calibration.metrics import (
     AdaptiveCalibrationError,
+    ClasswiseCalibrationError,
     ExpectedCalibrationError,
     MaxCalibrationError,
     TopLabelBins,
     bin_index,
     calibration_metrics,
+    class_bin_sums,
 )
 from softcal.calibration.temperature import MAX_TEMPERATURE, fit_temperature
 
@@ -134,6 +137,34 @@ def test_binned_state_is_constant_in_memory():
     adaptive = AdaptiveCalibrationError(15)  # documented exception: stores one value per sample
     adaptive.update(*random_predictions(n=500))
     assert sum(t.numel() for t in adaptive.confidence) == 500
+
+
+def test_class_bin_sums_by_hand_and_batch_by_batch():
+    """The (class, bin) sums classwise ECE keeps and histogram binning fits on: one function."""
+    probs = torch.tensor([[0.7, 0.3], [0.2, 0.8], [1.0, 0.0]])
+    count, prob_sum, hit_sum = class_bin_sums(probs, torch.tensor([0, 0, 1]), n_bins=2)
+    # class 0: p = .7 (bin 1, hit), .2 (bin 0, hit), 1.0 (bin 1, miss); class 1: .3, .8, 0.0
+    assert count.tolist() == [1, 2, 2, 1] and hit_sum.tolist() == [1, 1, 1, 0]
+    assert prob_sum.tolist() == pytest.approx([0.2, 1.7, 0.3, 0.8])
+    assert count.dtype == prob_sum.dtype == hit_sum.dtype == torch.float64
+    # accumulated in place over batches: the state of ClasswiseCalibrationError
+    probs, labels = random_predictions(n=900, k=6)
+    whole = class_bin_sums(probs, labels, 15)
+    metric = ClasswiseCalibrationError(6, 15)
+    running = tuple(torch.zeros(6 * 15, dtype=torch.float64) for _ in range(3))
+    for chunk in range(0, 900, 200):
+        metric.update(probs[chunk : chunk + 200], labels[chunk : chunk + 200])
+        class_bin_sums(probs[chunk : chunk + 200], labels[chunk : chunk + 200], 15, into=running)
+    for name, total, summed in zip(("count", "prob_sum", "hit_sum"), whole, running, strict=True):
+        assert torch.equal(getattr(metric, name), summed), name
+        assert torch.allclose(total, summed, rtol=0, atol=1e-12), name
+    # histogram binning: a bin's value is its share of the class, an empty bin keeps its centre
+    logits = torch.log(probs).double()
+    histogram = HistogramCalibrator(6, 15).fit(logits, labels)
+    count, _, hits = class_bin_sums(torch.softmax(logits, 1), labels, 15)  # what it was fitted on
+    centres = (torch.arange(15, dtype=torch.float64) + 0.5) / 15
+    shares = torch.where(count > 0, hits / count.clamp_min(1), centres.repeat(6))
+    assert torch.allclose(histogram.bin_values, shares.view(6, 15), rtol=0, atol=1e-12)
 
 
 # ----------------------------------------------------------------------------- temperature

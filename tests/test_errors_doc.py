@@ -325,8 +325,8 @@ def test_config_file_messages(monkeypatch):
         config_files.resolve_config("/tmp/nothere.yaml")
     assert _one_line(caught).startswith(
         "config /tmp/nothere.yaml not found: no such file here, and the packaged configs are cifar10.yaml,"
-        " cifar100.yaml, cifar10_quick.yaml, cifar10_sample.yaml, fashion_mnist.yaml, gpu.yaml, mnist.yaml,"
-        " smoke.yaml (in "
+        " cifar100.yaml, cifar10_quick.yaml, cifar10_sample.yaml, fashion_mnist.yaml, gpu.yaml,"
+        " image_folder.yaml, mnist.yaml, smoke.yaml (in "
     )
     assert str(caught.value).endswith("/configs)")
     monkeypatch.setattr(config_files, "DEFAULT_CONFIG", "gone.yaml")

@@ -283,7 +283,7 @@ def test_bad_calibrators_option_is_one_line(tiny_run: Path, argv: list[str], mes
 
 
 def _selective_outputs_of(run, logits: torch.Tensor, labels: torch.Tensor, out: Path) -> dict:
-    """selective.json of made-up logits: the pairs SelectivePrediction keeps in a pass (the top
+    """selective.json of made-up logits: the pairs CalibrationFigures keeps in a pass (the top
     probability, raw and by the run's calibration, and whether its class is the label) built here."""
     calibration = EvaluationContext(run).calibration
     pairs = {}

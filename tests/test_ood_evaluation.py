@@ -345,7 +345,7 @@ def test_a_bad_spec_is_refused_before_the_checkpoint_is_tested(tiny_run: Path, t
     assert str(err.value) == (
         "--ood nonsense: not uniform-noise or gaussian-noise, an image folder or a datamodule config (a"
         " YAML file, or a packaged config: cifar10.yaml, cifar100.yaml, cifar10_quick.yaml,"
-        " cifar10_sample.yaml, fashion_mnist.yaml, gpu.yaml, mnist.yaml, smoke.yaml)"
+        " cifar10_sample.yaml, fashion_mnist.yaml, gpu.yaml, image_folder.yaml, mnist.yaml, smoke.yaml)"
     )
     assert not any(tmp_path.iterdir())  # nothing was evaluated or written
 

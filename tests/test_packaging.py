@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from softcal.apps.config_files import available_configs, default_config, packaged_configs_dir, resolve_config
+from softcal.config_files import available_configs, default_config, packaged_configs_dir, resolve_config
 from softcal.errors import SoftcalError
 from tests.conftest import TINY
 

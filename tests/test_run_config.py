@@ -15,10 +15,10 @@ import torch
 import yaml
 
 from softcal.apps.command_line import command_line
-from softcal.apps.config_files import config_chain, packaged_configs_dir
 from softcal.apps.train import command
 from softcal.apps.train import main as train
 from softcal.calibration.callbacks import CalibrationFigures, FitCalibration
+from softcal.config_files import config_chain, packaged_configs_dir
 from softcal.errors import SoftcalError
 from softcal.model.module import Classifier
 from softcal.runs.run_config import config_datamodule, rebuild

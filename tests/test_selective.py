@@ -1,7 +1,7 @@
 """Selective prediction against NumPy references written here (Geifman et al.'s AURC as the mean
 of the risks over coverage steps; every order of tied confidences enumerated), scikit-learn's
-roc_auc_score, hand-worked closed forms and degenerate cases; the figure; the test-time callback
-in a tiny Trainer run."""
+roc_auc_score, hand-worked closed forms and degenerate cases; the torchmetrics Metrics the test
+stages log them with; the figure; both in a tiny Trainer run."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import itertools
 import math
 import os
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -258,6 +259,112 @@ def test_refuses_empty_mismatched_or_nan():
         selective_report(t([0.1, math.nan]), t([1, 0]))
 
 
+# ----------------------------------------------------------------------------- metrics
+
+
+def softmax_case(n: int = 600, k: int = 5, seed: int = 0, ties: bool = False):
+    """float32 probabilities and labels, wrong where the confidence is low more often; with
+    ``ties`` the logits are on a coarse grid, so many confidences are exactly equal."""
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n, k, generator=gen) * 2
+    if ties:
+        logits = logits.round()
+    keep = torch.rand(n, generator=gen) < 0.7  # drawn before the noise, as the order matters
+    labels = torch.where(keep, logits.argmax(1), torch.randint(0, k, (n,), generator=gen))
+    return torch.softmax(logits, 1), labels
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_metrics_are_the_report_to_the_last_digit(ties):
+    """Updated batch by batch, each metric is exactly the float64 number selective_report gives
+    for the float32 (confidence, correct) pairs: what the callback logged before them."""
+    from torchmetrics import MetricCollection
+
+    from softcal.uncertainty.selective_metrics import selective_metrics
+
+    probs, labels = softmax_case(ties=ties)
+    collection = MetricCollection(selective_metrics(), compute_groups=True)
+    for chunk in range(0, len(labels), 128):
+        collection.update(probs[chunk : chunk + 128], labels[chunk : chunk + 128])
+    values = collection.compute()
+    confidence, predicted = probs.max(1)
+    report = selective_report(confidence, predicted == labels)
+    assert sorted(values) == sorted(report)
+    for name, value in values.items():
+        assert value.dtype == torch.float64 and value.item() == report[name], name
+    if ties:
+        assert len(confidence.unique()) < len(confidence) / 2
+
+
+def test_selective_metrics_keep_one_state_with_adaptive_ece():
+    """In a stage's collection the pairs are kept once, for adaptive ECE and the six metrics,
+    and sharing them changes no number."""
+    from softcal.calibration.metrics import calibration_metrics
+    from softcal.uncertainty.selective_metrics import selective_metrics
+
+    probs, labels = softmax_case(k=10)
+    shared = calibration_metrics(10, "test/", 15, selective_metrics())
+    # the same metrics, each updated on its own: no compute groups
+    alone = dict(calibration_metrics(10, "test/", 15, selective_metrics()).items(keep_base=True))
+    for chunk in range(0, len(labels), 200):
+        shared.update(probs[chunk : chunk + 200], labels[chunk : chunk + 200])
+        for metric in alone.values():
+            metric.update(probs[chunk : chunk + 200], labels[chunk : chunk + 200])
+    pairs = ["adaptive_ece", "aurc", "e_aurc", "misclassification_auroc", "risk_at_80", "risk_at_90",
+             "risk_at_95"]  # fmt: skip
+    assert sorted(pairs) in [sorted(group) for group in shared.compute_groups.values()]
+    members = dict(shared.items(keep_base=True, copy_state=False))
+    states = {id(members[name].confidence) for name in pairs} | {id(members[name].correct) for name in pairs}
+    assert len(states) == 2 and sum(len(c) for c in members["aurc"].confidence) == len(labels)
+    values = shared.compute()
+    assert len(values) == len(alone) == 15
+    for name, metric in alone.items():
+        assert torch.equal(values[f"test/{name}"], metric.compute()), name
+
+
+def test_pairs_add_up_across_processes():
+    """What a multi-process sync does to the cat state: two shards merged give the numbers of
+    the pairs of both (ties make the order within a shard not matter)."""
+    from softcal.uncertainty.selective_metrics import selective_metrics
+
+    probs, labels = softmax_case(n=400)
+    whole = selective_metrics()
+    shards = [selective_metrics(), selective_metrics()]
+    for name, metric in whole.items():
+        metric.update(probs, labels)
+        shards[0][name].update(probs[:150], labels[:150])
+        shards[1][name].update(probs[150:], labels[150:])
+        shards[0][name].merge_state(shards[1][name])
+        assert shards[0][name].compute().item() == metric.compute().item(), name
+
+
+def test_undefined_values_are_left_out_and_other_nans_kept():
+    from softcal.calibration.metrics import calibration_metrics
+    from softcal.uncertainty.selective_metrics import (
+        MisclassificationAUROC,
+        TopLabelPairs,
+        selective_metrics,
+        without_undefined,
+    )
+
+    labels = torch.tensor([0, 1, 2, 1])
+    probs = torch.nn.functional.one_hot(labels, 3).float() * 0.8 + 0.2 / 3  # every one right
+    assert math.isnan(MisclassificationAUROC()(probs, labels).item())
+    collection = calibration_metrics(3, "test/", 15, selective_metrics())
+    collection.update(probs, labels)
+    values = collection.compute()
+    kept = without_undefined(values, collection)
+    assert set(values) - set(kept) == {"test/misclassification_auroc"}
+    assert kept["test/aurc"].item() == 0.0 and kept["test/e_aurc"].item() == 0.0
+    broken = {**values, "test/nll": torch.tensor(math.nan)}  # a failure, not "no value": logged
+    assert "test/nll" in without_undefined(broken, collection)
+    # nothing seen: no value either, and the pairs themselves are empty
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*called before the ``update`` method.*")
+        assert math.isnan(MisclassificationAUROC().compute().item())
+        assert len(TopLabelPairs().compute()["confidence"]) == 0
+
+
 # ----------------------------------------------------------------------------- figure
 
 
@@ -294,31 +401,57 @@ def test_risk_coverage_figure():
     assert to_rgb_array(fig).shape[2] == 3
 
 
-# ----------------------------------------------------------------------------- callback at test
+# ----------------------------------------------------------------------------- in a Trainer at test
 
 
-def test_callback_logs_selective_metrics_and_a_figure_at_test(mnist_root, tmp_path):
+def _counted(function, calls: list[int]):
+    """``function``, appending 1 to ``calls`` at each call."""
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return function(*args, **kwargs)
+
+    return counted
+
+
+def _count_calls(obj, name: str) -> list[int]:
+    """Wrap ``obj.name`` so each call appends 1 to the returned list."""
+    calls: list[int] = []
+    setattr(obj, name, _counted(getattr(obj, name), calls))
+    return calls
+
+
+def test_test_stages_log_selective_metrics_and_the_figure_draws_the_curve(mnist_root, tmp_path):
     import lightning as L
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from softcal.calibration.callbacks import FitCalibration
-    from softcal.calibration.selective_callback import SelectivePrediction
+    from softcal.calibration.callbacks import CalibrationFigures, FitCalibration
     from softcal.data import MNISTDataModule
     from softcal.model.module import Classifier
 
     dm = MNISTDataModule(root=str(mnist_root), val_size=100, batch_size=32, download=False)
     model = Classifier(num_classes=dm.num_classes, in_channels=dm.in_channels)
-    selective = SelectivePrediction()
+    figures = CalibrationFigures()
     logger = TensorBoardLogger(str(tmp_path), name="run")
     drawn = []
     logger.experiment.add_image = lambda tag, image, step, dataformats: drawn.append((tag, image.shape))
     trainer = L.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=4, logger=logger,
                         enable_progress_bar=False, enable_checkpointing=False,
-                        callbacks=[FitCalibration(), selective])  # fmt: skip
+                        callbacks=[FitCalibration(), figures])  # fmt: skip
     trainer.fit(model, datamodule=dm)
     temperature = model.calibration.temperature
     assert temperature is not None and temperature != 1.0
-    logged = trainer.test(model, datamodule=dm, verbose=False)[0]
+    # Probabilities once per step: the calibrated ones by the step, nowhere else; the raw softmax
+    # once (the figure reads what the step returned).
+    calibrated_calls = _count_calls(model.calibration, "probabilities")
+    steps = _count_calls(model, "test_step")
+    softmaxes = []
+    with pytest.MonkeyPatch.context() as patch:
+        for where in (torch, torch.nn.functional):  # the raw one, temperature scaling's
+            patch.setattr(where, "softmax", _counted(where.softmax, softmaxes))
+        logged = trainer.test(model, datamodule=dm, verbose=False)[0]
+    assert len(steps) == trainer.num_test_batches[0] and len(calibrated_calls) == len(steps)
+    assert len(softmaxes) == 2 * len(steps)  # one raw, one calibrated: six before
 
     # Independently: the test logits through the net, softmax in float64, at T = 1 and T.
     model.eval()
@@ -328,11 +461,10 @@ def test_callback_logs_selective_metrics_and_a_figure_at_test(mnist_root, tmp_pa
     for stage, t_ in (("test", 1.0), ("test_calibrated", temperature)):
         probs = torch.softmax(logits / t_, 1)
         conf, correct = probs.max(1).values.numpy(), (probs.argmax(1) == labels).numpy().astype(float)
-        kept = selective.finished[stage]
+        kept = figures.pairs[stage]  # what the curve is drawn from: the metrics' own pairs
         np.testing.assert_allclose(kept["confidence"].numpy(), conf, rtol=1e-4, atol=1e-6)
         assert np.array_equal(kept["correct"].numpy(), correct.astype(bool))
         report = selective_report(kept["confidence"], kept["correct"])
-        assert report == selective.reports[stage]
         for name, value in report.items():
             assert logged[f"{stage}/{name}"] == value, (stage, name)  # logged in float64
         # Ties or not (float32 confidences of 200 images may tie): the mean over tie orders.
@@ -344,32 +476,44 @@ def test_callback_logs_selective_metrics_and_a_figure_at_test(mnist_root, tmp_pa
             assert report[name] == pytest.approx(want, abs=1e-12), name
         assert report["misclassification_auroc"] == pytest.approx(
             roc_auc_score(correct, kept["confidence"].numpy()), abs=1e-12)  # fmt: skip
+        # the pictures' bin sums and confusion counts come from the same probabilities
+        assert int(figures.finished[stage]["count"].sum()) == 200
+        assert int(figures.finished[stage]["correct_sum"].sum()) == int(correct.sum())
+        assert int(figures.finished[stage]["confusion"].trace()) == int(correct.sum())
+    assert "val/aurc" not in trainer.callback_metrics, "validation is scored without ranking"
     assert [tag for tag, _ in drawn if tag.startswith("test/risk")] == ["test/risk_coverage"]
     assert dict(drawn)["test/risk_coverage"][2] == 3  # an RGB image
 
 
-def test_callback_without_logger_keeps_results_and_skips_nan(mnist_root):
+def test_without_logger_the_pairs_are_kept_and_nan_is_not_logged(mnist_root):
     import lightning as L
 
-    from softcal.calibration.selective_callback import SelectivePrediction
+    from softcal.calibration.callbacks import CalibrationFigures
     from softcal.data import MNISTDataModule
     from softcal.model.module import Classifier
 
     class AlwaysRight(Classifier):  # every prediction right: AUROC has nothing to separate
         def test_step(self, batch, batch_idx):
-            out = super().test_step(batch, batch_idx)
-            return {"logits": torch.nn.functional.one_hot(out["labels"], 10).float() * 5,
-                    "labels": out["labels"]}  # fmt: skip
+            self.truth = batch[1]
+            return super().test_step(batch, batch_idx)
+
+        def forward(self, images):
+            return torch.nn.functional.one_hot(self.truth, 10).float() * 5
 
     dm = MNISTDataModule(root=str(mnist_root), val_size=100, batch_size=64, download=False)
-    selective = SelectivePrediction()
+    figures = CalibrationFigures()
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
-                        callbacks=[selective])  # fmt: skip
+                        callbacks=[figures])  # fmt: skip
     logged = trainer.test(AlwaysRight(num_classes=10, in_channels=1), datamodule=dm, verbose=False)[0]
-    assert len(selective.finished["test"]["confidence"]) == len(dm.splits["test"][1]) == 200
+    assert len(figures.pairs["test"]["confidence"]) == len(dm.splits["test"][1]) == 200
     assert logged["test/aurc"] == 0.0 and logged["test/e_aurc"] == 0.0
     assert "test/misclassification_auroc" not in logged  # NaN is left out, not logged
-    assert math.isnan(selective.reports["test"]["misclassification_auroc"])
+    assert "test_calibrated/misclassification_auroc" not in logged
+    assert logged["test/nll"] >= 0  # the other metrics of the stage are logged as always
+    kept = figures.pairs["test"]
+    assert math.isnan(selective_report(kept["confidence"], kept["correct"])["misclassification_auroc"])
+    # nothing fitted: no calibrated pictures, but both curves (the stages the metrics log)
+    assert set(figures.finished) == {"test"} and set(figures.pairs) == {"test", "test_calibrated"}
 
 
 def test_results_json_and_table_carry_the_selective_rows(tiny_run):
@@ -391,29 +535,28 @@ def test_results_json_and_table_carry_the_selective_rows(tiny_run):
     assert names.index("loss") < names.index("aurc") < names.index("risk_at_95")
 
 
-#: Trains and tests a tiny model on 2 CPU processes (DDP, gloo) with the selective callback;
-#: rank 0 saves what was logged, the weights and the gathered per-image state. One training step:
+#: Trains and tests a tiny model on 2 CPU processes (DDP, gloo) with the figures' callback;
+#: rank 0 saves what was logged, the weights and the gathered per-image pairs. One training step:
 #: the tiny set is learnt perfectly within 5 (AURC 0, AUROC NaN), which would check nothing.
 DDP_SCRIPT = """
 import sys
 import lightning as L
 import torch
-from softcal.calibration.callbacks import FitCalibration
-from softcal.calibration.selective_callback import SelectivePrediction
+from softcal.calibration.callbacks import CalibrationFigures, FitCalibration
 from softcal.data import MNISTDataModule
 from softcal.model.module import Classifier
 
 L.seed_everything(0)
 dm = MNISTDataModule(root=sys.argv[1], val_size=100, batch_size=32, eval_batch_size=30, download=False)
 model = Classifier(num_classes=10, in_channels=1)
-selective = SelectivePrediction()
+figures = CalibrationFigures()
 trainer = L.Trainer(accelerator="cpu", strategy="ddp", devices=2, max_epochs=1, limit_train_batches=1,
                     logger=False, enable_progress_bar=False, enable_checkpointing=False,
-                    enable_model_summary=False, callbacks=[FitCalibration(), selective])
+                    enable_model_summary=False, callbacks=[FitCalibration(), figures])
 trainer.fit(model, datamodule=dm)
 logged = trainer.test(model, datamodule=dm, verbose=False)[0]
 if trainer.is_global_zero:
-    torch.save({"logged": logged, "weights": model.state_dict(), "finished": selective.finished},
+    torch.save({"logged": logged, "weights": model.state_dict(), "pairs": figures.pairs},
                sys.argv[2])
 """
 
@@ -421,8 +564,8 @@ if trainer.is_global_zero:
 @pytest.mark.slow
 def test_two_processes_log_what_one_computes(mnist_root, tmp_path):
     """Each of 2 DDP processes tests its own shard (every other image) of the 200 test images;
-    the callback gathers both, so what is logged is the numbers of all 200 images, computed
-    here in one process from the same weights."""
+    the metrics' cat state gathers both (and so do the figure's pairs), so what is logged is
+    the numbers of all 200 images, computed here in one process from the same weights."""
     import subprocess
     import sys
 
@@ -450,7 +593,7 @@ def test_two_processes_log_what_one_computes(mnist_root, tmp_path):
     for stage, t_ in (("test", 1.0), ("test_calibrated", temperature)):
         probs = torch.softmax(logits / t_, 1)
         conf, correct = probs.max(1).values, probs.argmax(1) == labels
-        gathered = saved["finished"][stage]
+        gathered = saved["pairs"][stage]
         assert len(gathered["confidence"]) == 200, "every test image once, from both processes"
         np.testing.assert_allclose(np.sort(gathered["confidence"].numpy()), np.sort(conf.numpy()),
                                    rtol=1e-4, atol=1e-6)  # fmt: skip

@@ -308,8 +308,10 @@ def test_train_script_end_to_end_as_the_readme_shows(mnist_sized_root, tmp_path)
     assert stored_method(_state(run_dir / "checkpoints" / "last.ckpt")) == "temperature"
     scalars = set(_events(run_dir).Tags()["scalars"])
     for tag in ("train/loss", "train/acc", "val/acc", "val/ece", "val/temperature", "test/acc", "test/ece",
-                "test_calibrated/ece", "test/nll", "test/brier", "test/adaptive_ece"):  # fmt: skip
+                "test_calibrated/ece", "test/nll", "test/brier", "test/adaptive_ece", "test/aurc",
+                "test_calibrated/risk_at_95", "test/misclassification_auroc"):  # fmt: skip
         assert tag in scalars, tag
+    assert "val/aurc" not in scalars  # validation is scored without ranking every prediction
 
 
 @pytest.mark.slow
@@ -319,7 +321,8 @@ def test_reliability_diagrams_every_validation_epoch_and_at_test(mnist_root, tmp
     images = events.Tags()["images"]
     assert len(events.Images("val/reliability_diagram")) == 2
     for tag in ("test/reliability_diagram", "test_calibrated/reliability_diagram",
-                "val/confidence_histogram", "val/confusion_matrix", "test/confusion_matrix"):  # fmt: skip
+                "val/confidence_histogram", "val/confusion_matrix", "test/confusion_matrix",
+                "test/risk_coverage"):  # fmt: skip
         assert tag in images, tag
     train(_tiny(mnist_root, tmp_path / "none", "--figures", "false"))
     assert not _events(tmp_path / "none" / "mnist" / "version_0").Tags()["images"]

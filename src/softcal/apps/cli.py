@@ -1,7 +1,7 @@
 """The command line: LightningCLI over the Classifier and any ClassificationDataModule.
 
 It only wires things together: the command line as typed made LightningCLI's
-(:mod:`softcal.apps.command_line`: configs and their bases, the old option spellings), the
+(:mod:`softcal.apps.command_line`: configs and their bases, the options' aliases), the
 config's schema beyond model, data and trainer (:mod:`softcal.runs.run_config`, which also
 reopens runs), the callbacks every run gets, built from their config groups, and
 ``--ckpt_path`` resolved to a run directory. What happens with the pieces is
@@ -23,8 +23,8 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from softcal.allocator import FreezeStartupObjects, keep_freed_memory
 from softcal.apps.command_line import command_line
+from softcal.apps.train_help import EPILOG, USAGE, TrainHelpFormatter, print_help, title_groups
 from softcal.calibration.callbacks import CalibrationFigures, FitCalibration
-from softcal.calibration.selective_callback import SelectivePrediction
 from softcal.checks import check_epochs
 from softcal.data import ClassificationDataModule, default_data_root
 from softcal.errors import SoftcalError, softcal_cause
@@ -34,7 +34,7 @@ from softcal.runs.config_problems import config_problem
 from softcal.runs.dashboard import RunDashboard
 from softcal.runs.last_checkpoint import LastCheckpoint
 from softcal.runs.run_config import add_training_arguments, check_training_config
-from softcal.runs.run_dirs import latest_run_with_last
+from softcal.runs.run_dirs import check_not_a_folder_of_runs, checkpoints_near, latest_run_with_last
 
 
 class SoftcalCLI(LightningCLI):
@@ -54,9 +54,15 @@ class SoftcalCLI(LightningCLI):
                 run=False,
                 args=args,
                 save_config_kwargs={"overwrite": True},  # a resumed run rewrites the same file
+                # The model's own optimizer and schedule (--model.optimizer, --model.lr_schedule)
+                # are the only ones: LightningCLI's --optimizer/--lr_scheduler would replace them.
+                auto_configure_optimizers=False,
                 parser_kwargs={
                     "description": "Train an image classifier and measure calibration.",
                     "exit_on_error": False,  # we print one line instead of the whole usage
+                    "formatter_class": TrainHelpFormatter,  # one screen (softcal.apps.train_help)
+                    "usage": USAGE,
+                    "epilog": EPILOG,
                 },
                 **kwargs,
             )
@@ -72,6 +78,15 @@ class SoftcalCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         """The callbacks' groups, the run's options and the links: the run config's schema."""
         add_training_arguments(parser)
+        title_groups(parser)
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """``--help`` shows the values the configs given set (the default config's when none
+        is given), which needs the command line parsed first; see softcal.apps.train_help."""
+        argv = list(sys.argv[1:] if args is None else args)
+        if "-h" in argv or "--help" in argv:
+            print_help(parser, [a for a in argv if a not in ("-h", "--help")])
+        super().parse_arguments(parser, args)
 
     def before_instantiate_classes(self) -> None:
         """Resolve ``--ckpt_path`` so a resumed run writes into its own run directory, and the
@@ -86,6 +101,7 @@ class SoftcalCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """The Trainer with the config's callbacks plus the ones every softcal run gets."""
+        self.record_measured_statistics()  # before the config is handed to be saved
         config = {**self.config_init.get("trainer", {}), **kwargs}
         check_epochs(config.get("max_epochs"), config.get("max_steps"))
         given = config.get("callbacks") or []
@@ -99,22 +115,31 @@ class SoftcalCLI(LightningCLI):
         except MisconfigurationException as err:
             raise trainer_settings_error(err) from err
 
+    def record_measured_statistics(self) -> None:
+        """``mean: auto`` / ``std: auto`` (an image folder's own statistics, measured when its
+        datamodule was built) become the numbers in the config that config.yaml saves, so a
+        reopened run normalises as training did without reading the training folder."""
+        args = self.config.data.get("init_args")
+        for key in ("mean", "std"):
+            if args is not None and args.get(key) == "auto":
+                args[key] = list(getattr(self.datamodule, key))
+
     def run_callbacks(self, trainer_config: dict[str, Any]) -> list[Callback]:
         settings = self.config_init
         callbacks: list[Callback] = []
         if trainer_config.get("enable_checkpointing") is not False:
             callbacks += [ModelCheckpoint(**settings.checkpoint), LastCheckpoint(**settings.last_checkpoint)]
-        # each from its config group (calibration:, figures:); disabled ones do nothing
+        # each from its config group (calibration:, figures:); disabled ones do nothing. AURC,
+        # E-AURC and risk at coverage are the module's own test metrics; their figure is drawn
+        # by CalibrationFigures with the others.
         callbacks.append(FitCalibration(**settings.calibration))
-        figures = CalibrationFigures(**settings.figures, n_bins=self.model.hparams.calibration_bins)
-        # AURC, E-AURC, risk at coverage at test (test/*, test_calibrated/*); its figure with figures
-        callbacks += [figures, SelectivePrediction(draw=figures.enabled)]
+        callbacks.append(CalibrationFigures(**settings.figures, n_bins=self.model.hparams.calibration_bins))
         given = trainer_config.get("callbacks") or []
         if trainer_config.get("enable_progress_bar", True) is not False and not any(
             isinstance(c, ProgressBar) for c in (given if isinstance(given, list) else [given])
         ):
             callbacks.append(TQDMProgressBar(refresh_rate=settings.get("progress_refresh_rate", 50)))
-        # HPARAMS row, comparison charts, the run's story in TEXT (issue 13)
+        # HPARAMS row, comparison charts, the run's story in TEXT
         callbacks.append(RunDashboard(self.config.as_dict(), self.command_line, trainer_config.get("logger")))
         callbacks.append(FreezeStartupObjects())
         return callbacks
@@ -136,9 +161,12 @@ def resolve_resume(ckpt_path: str | None, logger: Any) -> str | None:
             raise SoftcalError(f"--ckpt_path last: no run in {where} has checkpoints/last.ckpt")
         path = run_dir / "checkpoints" / "last.ckpt"
     elif path.is_dir():
+        if not (path / "config.yaml").is_file():
+            check_not_a_folder_of_runs(path, "last.ckpt")  # runs/mnist for runs/mnist/version_0
         path = path / "checkpoints" / "last.ckpt"
     if not path.is_file():
-        raise SoftcalError(f"checkpoint {path} not found; pass a .ckpt, a run directory or last")
+        raise SoftcalError(f"checkpoint {path} not found; pass a .ckpt, a run directory or last"
+                           f"{checkpoints_near(path)}")  # fmt: skip
     run_dir = path.parent.parent
     if init is not None and path.parent.name == "checkpoints":
         # Continue in the same run directory: same TensorBoard run, same checkpoints folder.

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from softcal.apps.config_files import config_chain, default_config, resolve_config
+from softcal.config_files import config_chain, default_config, resolve_config
 from softcal.errors import SoftcalError
 
 #: Old option -> the config-group key it now sets.
@@ -27,6 +27,7 @@ ALIASES = {
     "--calibrate": "--calibration.enabled",
     "--calibrator": "--calibration.method",
     "--figures": "--figures.enabled",
+    "--ckpt": "--ckpt_path",  # the name predict, export and evaluate give a run or checkpoint
 }
 
 #: LightningCLI's subcommands -> what to type instead.

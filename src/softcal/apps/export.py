@@ -38,10 +38,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from softcal.apps.arguments import run_app_parser
 from softcal.atomic_files import atomic_write_bytes
 from softcal.data.augment import normalize
 from softcal.errors import SoftcalError, exit_on_user_error
-from softcal.runs.load import LoadedRun, load_run, run_argument_parser
+from softcal.runs.load import LoadedRun, load_run
 
 if TYPE_CHECKING:
     from softcal.calibration.run_calibration import RunCalibration
@@ -187,8 +188,9 @@ def onnxruntime_difference(module: ProbabilityModel, path: Path, example: torch.
     return worst
 
 
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = run_argument_parser(
+def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
+    """(export's own arguments, the overrides of the run's config)."""
+    parser = run_app_parser(
         "export.py",
         "Export a checkpoint as a model from [0, 1] float images (N, C, H, W) to"
         " calibrated softmax probabilities, normalisation and calibration inside.",
@@ -200,12 +202,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                              " only; none: the raw softmax")  # fmt: skip
     parser.add_argument("--out", type=Path, default=None,
                         help="output file (default: <run_dir>/export/model.onnx or model.pt)")
-    return parser.parse_args(argv)
+    return parser.parse_with_overrides(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    run = load_run(args.ckpt)
+    args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+    run = load_run(args.ckpt, overrides)
     out = args.out or run.run_dir / "export" / f"model{FORMATS[args.format]}"
     module, example = probability_model(run, args.calibration), example_batch(run)
     meta = metadata(run, args.calibration)

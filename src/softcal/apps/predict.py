@@ -11,6 +11,10 @@ fitted temperature or calibrator they are the raw softmax, and predict says so. 
 above the table (and ``"calibration"`` in ``--json``) names what was applied.
 
     python scripts/predict.py --ckpt runs/mnist/version_0 digit.png more_digits/ --top-k 3
+    python scripts/predict.py --ckpt runs/mnist/version_0 scans/ --skip-bad
+
+An unreadable file ends the command in one line that names it; with ``--skip-bad`` it is
+skipped with a one-line warning instead, and the others are predicted.
 """
 
 from __future__ import annotations
@@ -25,10 +29,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from softcal.apps.arguments import run_app_parser
 from softcal.data.image_files import find_images
 from softcal.data.readers import IMAGE_SUFFIXES, decode_images
-from softcal.errors import DataError, exit_on_user_error
-from softcal.runs.load import LoadedRun, load_run, run_argument_parser
+from softcal.errors import DataError, exit_on_user_error, first_line
+from softcal.runs.load import LoadedRun, load_run
 
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
@@ -80,6 +85,30 @@ def read_images(files: Sequence[Path], channels: int, size: tuple[int, int]) -> 
     return images
 
 
+def read_images_or_skip(files: Sequence[Path], channels: int, size: tuple[int, int],
+                        skip_bad: bool = False) -> tuple[torch.Tensor, list[Path]]:  # fmt: skip
+    """(the images, the files they came from). An unreadable file ends the command in one line
+    that names it; with ``skip_bad`` it is left out with a one-line warning, so one bad file
+    does not cost the rest of a folder."""
+    if not skip_bad:
+        try:
+            return read_images(files, channels, size), list(files)
+        except DataError as err:
+            raise DataError(f"{err}, or pass --skip-bad to skip unreadable files") from err
+    kept, images = [], []
+    for path in files:
+        try:
+            images.append(read_images([path], channels, size))
+        except DataError as err:
+            reason = first_line(err.__cause__) if err.__cause__ is not None else str(err)
+            print(f"warning: skipping {path}: not a readable image ({reason})", file=sys.stderr)
+            continue
+        kept.append(path)
+    if not kept:
+        raise DataError(f"none of the {len(files)} files given is a readable image (see the warnings above)")
+    return torch.cat(images), kept
+
+
 # ----------------------------------------------------------------------------- predicting
 
 
@@ -114,8 +143,9 @@ def format_predictions(files: Sequence[Path], ranked: Sequence[list[dict[str, An
     return "\n".join(lines)
 
 
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = run_argument_parser(
+def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
+    """(predict's own arguments, the overrides of the run's config)."""
+    parser = run_app_parser(
         "predict.py",
         "Top-k classes with calibrated probabilities (the run's stored calibration applied:"
         " its fitted temperature, or the --calibrator it was trained with) for image files,"
@@ -123,20 +153,22 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     )
     parser.add_argument("files", nargs="+", metavar="FILE_OR_DIR",
                         help="image files, or folders searched recursively for images")
-    parser.add_argument("--top-k", type=int, default=3, help="classes shown per image")
+    parser.add_option("--top-k", type=int, default=3, metavar="K", help="classes shown per image")
     parser.add_argument("--json", action="store_true",
                         help="print JSON with every class probability instead of a table")
-    args = parser.parse_args(argv)
+    parser.add_option("--skip-bad", action="store_true",
+                      help="skip unreadable files with a warning each, instead of stopping at the first")
+    args, overrides = parser.parse_with_overrides(argv)
     if args.top_k < 1:
         parser.error("--top-k must be at least 1")
-    return args
+    return args, overrides
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    run = load_run(args.ckpt)
-    files = images_to_predict(args.files)
-    images = read_images(files, run.in_channels, run.image_size)
+    args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+    run = load_run(args.ckpt, overrides)
+    found = images_to_predict(args.files)
+    images, files = read_images_or_skip(found, run.in_channels, run.image_size, args.skip_bad)
     probabilities = predict_probabilities(run, images)
     ranked = top_k(probabilities, run.class_names, args.top_k)
     warning = run.uncalibrated_warning("the probabilities")
@@ -152,6 +184,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             {"file": str(path), "top_k": row, "probabilities": probs}
             for path, row, probs in zip(files, ranked, probabilities.tolist(), strict=True)
         ],
+        "skipped": [str(path) for path in found if path not in set(files)],  # --skip-bad
     }
     if args.json:
         print(json.dumps(report, indent=2))

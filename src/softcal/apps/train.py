@@ -12,7 +12,10 @@ Without ``--config`` the default ``configs/mnist.yaml`` is used; any value can b
 
 from __future__ import annotations
 
+import logging
+import re
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +31,38 @@ from softcal.runs.lost_peer import lost_peer_error
 from softcal.runs.results_table import format_results
 from softcal.runs.run_dirs import atomic_write_json
 
+#: Lightning's start-up lines that tell a softcal user nothing: the seed (in config.yaml),
+#: which accelerators exist (the Trainer's settings say which is used) and advertisements.
+BANNERS = re.compile(
+    r"Seed set to |GPU available: |TPU available: |HPU available: |Tip: "
+    r"|Loading `train_dataloader` to estimate number of stepping batches"
+)
+
+#: The loggers that print them (``rank_zero_info`` logs through the rank_zero modules').
+BANNER_LOGGERS = (
+    "lightning.fabric.utilities.seed",
+    "lightning.fabric.utilities.rank_zero",
+    "lightning.pytorch.utilities.rank_zero",
+)
+
+
+class LightningBanners(logging.Filter):
+    """Drops Lightning's start-up banners; every other message (warnings, "Detected
+    KeyboardInterrupt", checkpoint restores) passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not BANNERS.search(record.getMessage())
+
+
+def quiet_banners() -> None:
+    """Install :class:`LightningBanners` on the loggers that print them (once), and ignore a
+    deprecation warning inside Lightning itself that a user cannot act on."""
+    for name in BANNER_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, LightningBanners) for f in logger.filters):
+            logger.addFilter(LightningBanners())
+    warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
+
 
 def saved_checkpoint(trainer: Trainer) -> str:
     """The checkpoint to test: the best one, else last.ckpt; "" when the run saved none
@@ -41,6 +76,7 @@ def saved_checkpoint(trainer: Trainer) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """fit -> best weights (with their T) -> test; returns what results.json holds."""
+    quiet_banners()
     cli = SoftcalCLI(argv)
     trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
     if cli.resume_path:  # a checkpoint of another dataset fails here, in one line

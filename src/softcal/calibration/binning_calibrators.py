@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from softcal.calibration.calibrator_base import Calibrator
-from softcal.calibration.metrics import bin_index
+from softcal.calibration.metrics import bin_index, class_bin_sums
 
 DEFAULT_BINS = 15
 
@@ -53,14 +53,8 @@ class HistogramCalibrator(Calibrator):
 
     def _fit(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
         probs = F.softmax(logits, dim=1)
-        index = bin_index(probs, self.num_bins)  # (N, K)
-        onehot = F.one_hot(labels, self.num_classes).double()
-        # Flatten (class, bin) to one index so all K histograms take two index_add_ calls.
-        flat = (index + torch.arange(self.num_classes) * self.num_bins).flatten()
-        size = self.num_classes * self.num_bins
-        zeros = torch.zeros(size, dtype=torch.float64)
-        count = zeros.index_add(0, flat, torch.ones(flat.shape, dtype=torch.float64))
-        positives = zeros.index_add(0, flat, onehot.flatten())
+        # The (class, bin) sums of classwise ECE: a bin's value is its share of label k.
+        count, _, positives = class_bin_sums(probs, labels, self.num_bins)
         centres = self._centres().repeat(self.num_classes)
         values = torch.where(count > 0, positives / count.clamp_min(1), centres)
         self.bin_values = values.reshape(self.num_classes, self.num_bins)

@@ -1,7 +1,10 @@
 """Lightning callbacks for calibration: fit the run's calibration, draw the pictures.
 
 Both read what a LightningModule's ``validation_step`` / ``test_step`` return -
-``{"logits": ..., "labels": ...}`` - so they work in any Trainer with any module that does so.
+``{"logits": ..., "labels": ..., "probabilities": {stage: probs}}``, the probabilities each
+stage was scored on - so they work in any Trainer with any module that does so. Fitting
+collects the validation logits (:class:`_StepOutputs`, the one collector of step outputs);
+the figures keep sums and pairs of the probabilities, not the outputs themselves.
 The calibration lives in the module (``pl_module.calibration``), which makes it part of every
 checkpoint the Trainer writes; nothing is rewritten afterwards.
 """
@@ -12,10 +15,13 @@ from typing import Any
 
 import lightning as L
 import torch
+from torchmetrics import Metric
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from softcal.calibration.calibrators import METHODS
 from softcal.calibration.metrics import TopLabelBins
+from softcal.uncertainty.selective import aurc, risk_coverage_curve
+from softcal.uncertainty.selective_metrics import TopLabelPairs
 
 
 def gather_from_all_processes(module: L.LightningModule, values: torch.Tensor) -> torch.Tensor:
@@ -95,12 +101,17 @@ class FitCalibration(_StepOutputs):
 
 class CalibrationFigures(L.Callback):
     """Reliability diagram, confidence histogram and confusion matrix in TensorBoard, at the
-    end of every validation and of testing (raw and, at test, calibrated by the run's method).
+    end of every validation and of testing (raw and, at test, calibrated by the run's method),
+    and at test the risk-coverage curves of both (``test/risk_coverage``).
 
-    Keeps its own per-bin sums and confusion counts (exact, constant in memory, summed across
-    processes when drawn) from the logits each step returns. ``finished[stage]`` keeps the last
-    drawn state of each stage (bin sums and ``confusion``), for pictures saved elsewhere; with
-    no logger nothing is drawn, but ``finished`` is still filled. ``enabled=False``
+    Works from the probabilities each step returns (``outputs["probabilities"][stage]``, see
+    :class:`softcal.model.module.Classifier`), never computing them again. Keeps its own
+    per-bin sums and confusion counts (exact, constant in memory) and, at test, the
+    (confidence, correct) pairs the curves rank (8 bytes a prediction), all gathered from every
+    process when drawn. ``finished[stage]`` keeps the last drawn bin sums and ``confusion`` of
+    each stage, ``pairs[stage]`` the last test's ``{"confidence": float32, "correct": bool}``
+    (``test`` and ``test_calibrated``, in test order per process), for pictures made elsewhere;
+    with no logger nothing is drawn, but both are still filled. ``enabled=False``
     (``--figures.enabled false``) makes the callback do nothing: no sums, no pictures.
     """
 
@@ -112,30 +123,46 @@ class CalibrationFigures(L.Callback):
                 no sums, no pictures.
         """
         self.n_bins, self.enabled = n_bins, enabled
-        self._state: dict[str, tuple[TopLabelBins, MulticlassConfusionMatrix]] = {}
+        self._state: dict[str, dict[str, Metric]] = {}
         self.finished: dict[str, dict[str, torch.Tensor]] = {}
+        self.pairs: dict[str, dict[str, torch.Tensor]] = {}
 
-    def _update(self, stage: str, pl_module: L.LightningModule, outputs: Any, calibrated: bool) -> None:
-        if not self.enabled:
+    def _start(self, stage: str, pl_module: L.LightningModule, pictures: bool, ranked: bool) -> None:
+        """Fresh state for a stage: bin sums and confusion counts for the pictures, the pairs for
+        the risk-coverage curve. Made when the epoch starts, so a process that gets no batch
+        still joins the gathering when the others draw."""
+        state: dict[str, Metric] = {}
+        if pictures:
+            state["bins"] = TopLabelBins(self.n_bins)
+            state["confusion"] = MulticlassConfusionMatrix(int(pl_module.hparams.num_classes))
+        if ranked:
+            state["pairs"] = TopLabelPairs()
+        self._state[stage] = {part: metric.to(pl_module.device) for part, metric in state.items()}
+
+    def _update(self, outputs: Any) -> None:
+        if not (isinstance(outputs, dict) and "probabilities" in outputs):
             return
-        if stage not in self._state:
-            num_classes = int(pl_module.hparams.num_classes)
-            self._state[stage] = (TopLabelBins(self.n_bins).to(pl_module.device),
-                                  MulticlassConfusionMatrix(num_classes).to(pl_module.device))  # fmt: skip
-        probs = pl_module.calibration.probabilities(outputs["logits"], calibrated=calibrated)
-        for metric in self._state[stage]:
-            metric.update(probs, outputs["labels"])
+        for stage, probs in outputs["probabilities"].items():
+            for metric in self._state.get(stage, {}).values():
+                metric.update(probs, outputs["labels"])
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.enabled and not trainer.sanity_checking:
+            self._start("val", pl_module, pictures=True, ranked=False)
+
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.enabled:
+            self._start("test", pl_module, pictures=True, ranked=True)
+            # Calibrated pictures only of a fitted calibration; both curves, as the metrics are.
+            self._start("test_calibrated", pl_module, pl_module.calibration.fitted, ranked=True)
 
     def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
                                 batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:  # fmt: skip
-        if not trainer.sanity_checking:
-            self._update("val", pl_module, outputs, calibrated=False)
+        self._update(outputs)
 
     def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
                           batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:  # fmt: skip
-        self._update("test", pl_module, outputs, calibrated=False)
-        if pl_module.calibration.fitted:
-            self._update("test_calibrated", pl_module, outputs, calibrated=True)
+        self._update(outputs)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._draw(trainer, pl_module, ["val"])
@@ -144,17 +171,29 @@ class CalibrationFigures(L.Callback):
         self._draw(trainer, pl_module, ["test", "test_calibrated"])
 
     def _draw(self, trainer: L.Trainer, pl_module: L.LightningModule, stages: list[str]) -> None:
+        experiment = getattr(trainer.logger, "experiment", None)
+        drawing = trainer.is_global_zero and hasattr(experiment, "add_image")
+        when = f"(epoch {trainer.current_epoch}, step {trainer.global_step})"
+        ranked: dict[str, dict[str, torch.Tensor]] = {}
         for stage in stages:
-            if stage not in self._state:
+            state = self._state.pop(stage, None)
+            if state is None:
                 continue
-            bins_metric, confusion_metric = self._state.pop(stage)
-            bins, confusion = bins_metric.compute(), confusion_metric.compute()  # synced
+            if "pairs" in state:  # computing gathers: every process, drawing or not
+                ranked[stage] = {k: v.cpu() for k, v in state["pairs"].compute().items()}
+            if "bins" not in state:
+                continue
+            bins, confusion = state["bins"].compute(), state["confusion"].compute()  # synced
             self.finished[stage] = {**{k: v.cpu() for k, v in bins.items()}, "confusion": confusion.cpu()}
-            experiment = getattr(trainer.logger, "experiment", None)
-            if trainer.is_global_zero and hasattr(experiment, "add_image"):
-                where = f"{stage} (epoch {trainer.current_epoch}, step {trainer.global_step})"
-                for name, image in stage_images(bins, confusion, pl_module.hparams.class_names, where):
+            if drawing:
+                names = pl_module.hparams.class_names
+                for name, image in stage_images(bins, confusion, names, f"{stage} {when}"):
                     experiment.add_image(f"{stage}/{name}", image, trainer.global_step, dataformats="HWC")
+        ranked = {stage: pairs for stage, pairs in ranked.items() if len(pairs["confidence"])}
+        self.pairs.update(ranked)
+        if drawing and ranked:
+            image = risk_coverage_image(ranked, f"test {when}")
+            experiment.add_image("test/risk_coverage", image, trainer.global_step, dataformats="HWC")
 
 
 def stage_images(bins: dict[str, torch.Tensor], confusion: torch.Tensor,
@@ -171,3 +210,17 @@ def stage_images(bins: dict[str, torch.Tensor], confusion: torch.Tensor,
             confusion, class_names or [], title=f"Confusion matrix, {where}")),
     ]  # fmt: skip
     return [(name, figures.to_rgb_array(fig)) for name, fig in made]
+
+
+def risk_coverage_image(pairs: dict[str, dict[str, torch.Tensor]], where: str) -> Any:
+    """The raw (``test``) and calibrated (``test_calibrated``) risk-coverage curves of the
+    (confidence, correct) pairs, AURC in the legend, as one RGB array."""
+    from softcal.calibration import figures  # matplotlib is imported only when drawing
+
+    curves = {}
+    for stage, kept in pairs.items():
+        confidence, correct = kept["confidence"], kept["correct"]
+        name = "calibrated" if stage.endswith("calibrated") else "raw"
+        area = aurc(confidence, correct)
+        curves[f"{name} (AURC {100 * area:.3g}%)"] = risk_coverage_curve(confidence, correct)
+    return figures.to_rgb_array(figures.risk_coverage_figure(curves, f"Risk-coverage curve, {where}"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -20,12 +21,14 @@ import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from softcal.atomic_files import atomic_write_bytes  # noqa: E402
+from softcal.calibration.figure_data import (  # noqa: E402, F401  (re-exported: the figures' numbers)
+    reliability_data,
+    risk_coverage_points,
+    zoom_start,
+)
 
-
-def _per_bin(count: torch.Tensor, total: torch.Tensor) -> np.ndarray:
-    count = count.detach().cpu().double()
-    out = total.detach().cpu().double() / count.clamp_min(1)
-    return np.where(count.numpy() > 0, out.numpy(), np.nan)
+#: Colours of the reliability diagram; each gap has its own, so a bar's colour names its meaning.
+ACCURACY, OVERCONFIDENT, UNDERCONFIDENT, COUNT = "#4C72B0", "#C44E52", "#E3A21A", "#8C8C8C"
 
 
 def reliability_diagram(
@@ -36,40 +39,69 @@ def reliability_diagram(
 ) -> Figure:
     """Accuracy against confidence per equal-width bin, with the gap to the diagonal shaded.
 
-    Bars at the diagonal mean calibrated; bars below it mean overconfident. The lower panel
-    shows how many predictions fall in each bin (log scale), since a bin's gap matters in
-    proportion to its count. The title carries the ECE computed from the same bins.
+    Blue bars are each bin's accuracy (a bin whose accuracy is 0 shows its blue line on the
+    axis); the gap from there to the bin's mean confidence is red where the model is
+    overconfident (confidence above accuracy) and yellow where it is underconfident, both
+    opaque, so the colours are the legend's. The lower panel counts the predictions in each
+    bin on a log axis that starts below 1, with the count written on every non-empty bin: a
+    bin of one prediction can draw the tallest gap and matters least. The title carries the
+    ECE of the same bins. The numbers are :func:`~softcal.calibration.figure_data.reliability_data`'s.
     """
-    n_bins = len(count)
-    edges = np.linspace(0, 1, n_bins + 1)
-    centers, width = (edges[:-1] + edges[1:]) / 2, 1.0 / n_bins
-    accuracy = _per_bin(count, correct_sum)
-    confidence = _per_bin(count, confidence_sum)
-    counts = count.detach().cpu().double().numpy()
-    total = max(counts.sum(), 1)
-    ece = float(np.nansum(counts / total * np.abs(accuracy - confidence)))
+    data = reliability_data(count, confidence_sum, correct_sum)
+    edges = np.asarray(data["edges"])
+    centers, width = (edges[:-1] + edges[1:]) / 2, 1.0 / data["num_bins"]
+    counts = np.asarray(data["count"], dtype=float)
+    accuracy = np.array([np.nan if a is None else a for a in data["accuracy"]])
+    confidence = np.array([np.nan if c is None else c for c in data["confidence"]])
     fig, (top, bottom) = plt.subplots(
         2, 1, figsize=(5, 6), dpi=100, sharex=True, gridspec_kw={"height_ratios": [3, 1]}
     )
-    filled = ~np.isnan(accuracy)
-    top.bar(centers[filled], accuracy[filled], width=width, color="#4C72B0", edgecolor="white",
+    filled = counts > 0
+    top.bar(centers[filled], accuracy[filled], width=width, color=ACCURACY, edgecolor="white",
             label="accuracy")  # fmt: skip
-    gap_low = np.minimum(accuracy, confidence)[filled]
-    gap_height = np.abs(accuracy - confidence)[filled]
-    top.bar(centers[filled], gap_height, bottom=gap_low, width=width, color="#DD8452", alpha=0.5,
-            edgecolor="#C44E52", hatch="//", label="gap to confidence")  # fmt: skip
+    # each bin's accuracy as a line too: a bar of height 0 would not show
+    top.hlines(accuracy[filled], edges[:-1][filled] + 0.1 * width, edges[1:][filled] - 0.1 * width,
+               colors=ACCURACY, linewidth=2.5, zorder=4, clip_on=False)  # fmt: skip
+    _draw_gaps(top, centers[filled], width, accuracy[filled], confidence[filled])
     top.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
     top.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1))
-    top.set_title(f"{title}\nECE = {100 * ece:.2f}%  ({int(total)} predictions, {n_bins} bins)")
-    top.legend(loc="upper left", fontsize=8)
-    bottom.bar(centers, counts, width=width, color="#55A868", edgecolor="white")
-    if counts.max() > 0:
-        bottom.set_yscale("log")
-    bottom.set(xlabel="confidence (top-label softmax probability)", ylabel="count")
+    top.set_title(f"{title}\nECE = {100 * data['ece']:.2f}%  ({data['num_predictions']} predictions,"
+                  f" {data['num_bins']} bins)", pad=34)  # fmt: skip
+    # above the axes: inside, it would hide the bars of a bin of low confidence and high accuracy
+    top.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, fontsize=7, frameon=False,
+               handlelength=1.5, columnspacing=1.0)  # fmt: skip
+    _count_panel(bottom, centers, width, counts)
     for ax in (top, bottom):
         ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def _draw_gaps(ax: Any, centers: np.ndarray, width: float, accuracy: np.ndarray,
+               confidence: np.ndarray) -> None:  # fmt: skip
+    """Over- and underconfidence gaps, each in its own opaque colour (no blend with the bars)."""
+    for colour, hatch, chosen, label in (
+        (OVERCONFIDENT, "//", confidence > accuracy, "overconfident: confidence > accuracy"),
+        (UNDERCONFIDENT, "\\\\", confidence < accuracy, "underconfident: accuracy > confidence"),
+    ):
+        if chosen.any():
+            low = np.minimum(accuracy, confidence)[chosen]
+            ax.bar(centers[chosen], np.abs(accuracy - confidence)[chosen], bottom=low, width=width,
+                   color=colour, edgecolor="white", hatch=hatch, linewidth=0.5, zorder=3,
+                   label=label)  # fmt: skip
+
+
+def _count_panel(ax: Any, centers: np.ndarray, width: float, counts: np.ndarray) -> None:
+    """Predictions per bin on a log axis from 0.5, so a bin of one prediction has a bar; each
+    non-empty bin's count is written above it."""
+    filled = counts > 0
+    ax.bar(centers[filled], counts[filled], width=width, color=COUNT, edgecolor="white")
+    if filled.any():
+        ax.set_yscale("log")
+        ax.set_ylim(0.5, counts.max() * 8)
+        for x, n in zip(centers[filled], counts[filled], strict=True):
+            ax.text(x, n * 1.15, f"{int(n)}", ha="center", va="bottom", fontsize=6)
+    ax.set(xlabel="confidence (top-label softmax probability)", ylabel="count")
 
 
 def confidence_histogram(
@@ -130,31 +162,59 @@ def risk_coverage_figure(curves: dict[str, tuple[torch.Tensor, torch.Tensor]],
     AURC in them (the figure cannot tell tied groups apart, so it computes none).
 
     A curve below another keeps fewer errors at every coverage. The gap to the dotted curve is
-    what a better ranking of the same predictions could still gain (E-AURC).
+    what a better ranking of the same predictions could still gain (E-AURC). An accurate model
+    keeps almost all its errors in the last few percent of coverage; a second panel then zooms
+    in on them, from the round coverage where a tenth of the errors are kept
+    (:func:`~softcal.calibration.figure_data.zoom_start`), shaded in the first panel.
     """
-    fig, ax = plt.subplots(figsize=(5.5, 4), dpi=100)
+    def array(values: torch.Tensor) -> np.ndarray:
+        return torch.as_tensor(values).detach().cpu().double().numpy()
+
+    prepared = [(name, array(c), array(r)) for name, (c, r) in curves.items()]
+    starts = [s for _, cov, rsk in prepared if (s := zoom_start(cov, rsk)) is not None]
+    zoom = min(starts) if starts else None
+    fig, axes = plt.subplots(1, 2 if zoom else 1, figsize=(10, 4) if zoom else (5.5, 4), dpi=100,
+                             squeeze=False)  # fmt: skip
+    main = axes[0][0]
+    top = _draw_risk_curves(main, prepared, 0.0, labelled=True)
+    main.set(title=title, xlabel="coverage (share of predictions kept, most confident first)",
+             ylabel="selective risk: error among kept (%)", xlim=(0, 1),
+             ylim=(0, max(105 * top, 1e-3)))  # fmt: skip
+    main.legend(loc="best", fontsize=8)
+    if zoom is not None:
+        main.axvspan(zoom, 1, color="0.85", alpha=0.5, zorder=0)
+        ax = axes[0][1]
+        top = _draw_risk_curves(ax, prepared, zoom, labelled=False)
+        ax.set(title=f"zoom: coverage {zoom:g} to 1 (shaded at left)", xlim=(zoom, 1),
+               xlabel="coverage", ylabel="selective risk (%)", ylim=(0, max(105 * top, 1e-3)))  # fmt: skip
+    for ax in axes[0]:
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def _draw_risk_curves(ax: Any, prepared: list[tuple[str, np.ndarray, np.ndarray]], start: float,
+                      labelled: bool) -> float:  # fmt: skip
+    """Each curve and, once per accuracy, its optimum, for coverages from ``start``; returns
+    the highest risk drawn there (for the axis)."""
     accuracies: list[float] = []
     top = 0.0
-    for index, (name, (coverage, risk)) in enumerate(curves.items()):
-        cov = torch.as_tensor(coverage).detach().cpu().double().numpy()
-        rsk = torch.as_tensor(risk).detach().cpu().double().numpy()
+    for index, (name, cov, rsk) in enumerate(prepared):
         style = ("-", "--", "-.")[index % 3]  # dashes show curves that coincide (same ranking)
-        ax.plot(cov, 100 * rsk, style, marker="." if len(cov) < 30 else None, label=name)
+        ax.plot(cov, 100 * rsk, style, marker="." if len(cov) < 30 else None,
+                label=name if labelled else "_nolegend_", color=f"C{index}")  # fmt: skip
         accuracy = 1.0 - float(rsk[-1])
         if all(abs(accuracy - a) > 1e-9 for a in accuracies):
             accuracies.append(accuracy)
-        top = max(top, float(rsk.max()))
-    grid = np.linspace(1e-3, 1, 500)
+        shown = rsk[cov >= start]
+        top = max(top, float(shown.max()) if len(shown) else 0.0)
+    grid = np.linspace(max(start, 1e-3), 1, 500)
     for accuracy in accuracies:
-        ax.plot(grid, 100 * np.maximum(0.0, 1 - accuracy / grid), ":", color="gray",
-                label=f"optimal at accuracy {100 * accuracy:.2f}%")  # fmt: skip
-    ax.set(title=title, xlabel="coverage (share of predictions kept, most confident first)",
-           ylabel="selective risk: error among kept (%)", xlim=(0, 1),
-           ylim=(0, max(100 * top * 1.05, 1e-3)))  # fmt: skip
-    ax.legend(loc="best", fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return fig
+        optimum = np.maximum(0.0, 1 - accuracy / grid)
+        ax.plot(grid, 100 * optimum, ":", color="gray",
+                label=f"optimal at accuracy {100 * accuracy:.2f}%" if labelled else "_nolegend_")  # fmt: skip
+        top = max(top, float(optimum.max()))
+    return top
 
 
 def score_histogram_figure(

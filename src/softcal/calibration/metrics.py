@@ -13,7 +13,8 @@ c is correct. The metrics here measure the gap:
 The binned metrics keep three sums per bin (count, confidence, correct), so their state is
 exact, constant in memory and adds up across processes; torchmetrics' own calibration error
 keeps every prediction instead. Bins are [k/B, (k+1)/B), with a confidence of exactly 1.0 in
-the last bin. Only ``adaptive_ece`` stores per-sample values: equal-mass bins need sorting.
+the last bin. Only ``adaptive_ece`` stores per-sample values: equal-mass bins need sorting
+(the (confidence, correct) pairs the selective metrics of the test stages rank, shared).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import torch.nn.functional as F
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from softcal.uncertainty.selective_metrics import TopLabelPairs
+
 # A probability of 0 has no finite log; float32's smallest normal number caps a term at 87.3.
 _TINY = torch.finfo(torch.float32).tiny
 
@@ -30,6 +33,34 @@ _TINY = torch.finfo(torch.float32).tiny
 def bin_index(confidence: torch.Tensor, n_bins: int) -> torch.Tensor:
     """Equal-width bin of each confidence in [0, 1]: floor(c * B), with 1.0 in the last bin."""
     return (confidence * n_bins).long().clamp_(0, n_bins - 1)
+
+
+#: (count, probability sum, hit sum) per (class, bin), each (K * B,) float64, at k * B + b.
+ClassBinSums = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def class_bin_sums(probs: torch.Tensor, target: torch.Tensor, n_bins: int,
+                   into: ClassBinSums | None = None) -> ClassBinSums:  # fmt: skip
+    """For every class k and equal-width bin b of p_k: how many rows fall in it, the sum of
+    their p_k and how many of them have label k. One implementation for the two users of the
+    same sums: classwise ECE accumulates them over batches, histogram binning fits on them.
+
+    ``into`` adds this batch into running sums in place - a metric's state gets the very float64
+    additions it always did (adding a batch's own sums would round differently); without it
+    the sums start at zero.
+    """
+    num_classes = probs.shape[1]
+    size = num_classes * n_bins
+    count, prob_sum, hit_sum = into if into is not None else (
+        torch.zeros(size, dtype=torch.float64, device=probs.device) for _ in range(3))
+    classes = torch.arange(num_classes, device=probs.device)
+    # (class, bin) flattened to one index: all K histograms take one index_add_ per sum.
+    index = (classes * n_bins + bin_index(probs, n_bins)).flatten()
+    hits = (target[:, None] == classes).double().flatten()
+    count.index_add_(0, index, torch.ones_like(hits))
+    prob_sum.index_add_(0, index, probs.double().flatten())
+    hit_sum.index_add_(0, index, hits)
+    return count, prob_sum, hit_sum
 
 
 # ----------------------------------------------------------------------------- binned metrics
@@ -96,30 +127,23 @@ class RMSCalibrationError(TopLabelBins):
         return (weight * gap.square()).sum().sqrt().float()
 
 
-class AdaptiveCalibrationError(Metric):
+class AdaptiveCalibrationError(TopLabelPairs):
     """Adaptive ECE: like ECE, over bins that each hold an equal share of the predictions.
 
     Keeps one confidence and one correct flag per prediction (8 bytes), since equal-mass bin
-    edges are only known once every confidence has been seen.
+    edges are only known once every confidence has been seen: the pairs of the selective
+    metrics (:class:`~softcal.uncertainty.selective_metrics.TopLabelPairs`), so in one
+    MetricCollection they are all kept once.
     """
 
-    full_state_update = False
     higher_is_better = False
 
     def __init__(self, n_bins: int = 15, **kwargs) -> None:
         super().__init__(**kwargs)
         self.n_bins = n_bins
-        self.add_state("confidence", [], dist_reduce_fx="cat")
-        self.add_state("correct", [], dist_reduce_fx="cat")
-
-    def update(self, probs: torch.Tensor, target: torch.Tensor) -> None:
-        confidence, prediction = probs.max(dim=1)
-        self.confidence.append(confidence.float())
-        self.correct.append((prediction == target).float())
 
     def compute(self) -> torch.Tensor:
-        confidence = _cat(self.confidence).double()
-        correct = _cat(self.correct).double()
+        confidence, correct = (values.double() for values in self.pairs())
         if confidence.numel() == 0:
             return torch.tensor(0.0)
         order = torch.argsort(confidence, stable=True)
@@ -144,12 +168,7 @@ class ClasswiseCalibrationError(Metric):
             self.add_state(name, zeros, dist_reduce_fx="sum")
 
     def update(self, probs: torch.Tensor, target: torch.Tensor) -> None:
-        classes = torch.arange(self.num_classes, device=probs.device)
-        index = (classes * self.n_bins + bin_index(probs, self.n_bins)).flatten()
-        hits = (target[:, None] == classes).double().flatten()
-        self.count.index_add_(0, index, torch.ones_like(hits))
-        self.prob_sum.index_add_(0, index, probs.double().flatten())
-        self.hit_sum.index_add_(0, index, hits)
+        class_bin_sums(probs, target, self.n_bins, into=(self.count, self.prob_sum, self.hit_sum))
 
     def compute(self) -> torch.Tensor:
         n = self.count.view(self.num_classes, self.n_bins).sum(1).clamp_min(1)
@@ -194,14 +213,11 @@ class NegativeLogLikelihood(_MeanOverSamples):
         return -probs.gather(1, target[:, None]).squeeze(1).clamp_min(_TINY).log()
 
 
-def _cat(values: list[torch.Tensor] | torch.Tensor) -> torch.Tensor:
-    if isinstance(values, torch.Tensor):
-        return values
-    return torch.cat(values) if values else torch.zeros(0)
-
-
-def calibration_metrics(num_classes: int, prefix: str, n_bins: int = 15) -> MetricCollection:
-    """Every metric of a stage, each updated with (softmax probabilities, integer labels)."""
+def calibration_metrics(num_classes: int, prefix: str, n_bins: int = 15,
+                        extra: dict[str, Metric] | None = None) -> MetricCollection:  # fmt: skip
+    """Every metric of a stage, each updated with (softmax probabilities, integer labels);
+    ``extra`` joins the same collection (the test stages' selective metrics), so Lightning logs
+    them together and metrics with the same state share it."""
     metrics: dict[str, Metric] = {
         "acc": MulticlassAccuracy(num_classes, average="micro"),
         "ece": ExpectedCalibrationError(n_bins),
@@ -214,5 +230,7 @@ def calibration_metrics(num_classes: int, prefix: str, n_bins: int = 15) -> Metr
     }
     if num_classes > 5:
         metrics["acc_top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
-    # compute_groups lets ECE, MCE and RMS share one set of bin sums.
+    metrics.update(extra or {})
+    # compute_groups lets ECE, MCE and RMS share one set of bin sums, and adaptive ECE and the
+    # selective metrics one list of (confidence, correct) pairs.
     return MetricCollection(metrics, prefix=prefix, compute_groups=True)

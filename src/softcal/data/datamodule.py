@@ -25,7 +25,7 @@ from softcal.errors import DataError
 
 
 def default_data_root() -> Path:
-    """``$SOFTCAL_DATA_ROOT`` when set (e.g. CI points it at ../shared/data), else ``data/``."""
+    """``$SOFTCAL_DATA_ROOT`` when set (e.g. a data folder shared by several checkouts), else ``data/``."""
     return Path(os.environ.get("SOFTCAL_DATA_ROOT") or "data")
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+import torch
 
 from softcal.data.datamodule import ClassificationDataModule
 from softcal.data.loader import Batch
@@ -17,7 +19,10 @@ class ImageFolderDataModule(ClassificationDataModule):
     """Any folder of images: ``folder/train/<class>/*.png`` and ``folder/test/<class>/*.png``.
 
     Images are converted to ``channels`` (1: grayscale, 3: RGB) and resized to ``image_size``
-    once, then cached as one tensor file keyed by the files' content.
+    once, then cached as one tensor file keyed by the files' content. ``mean: auto`` and
+    ``std: auto`` normalise with the training folder's own statistics
+    (:func:`folder_statistics`); training writes the numbers into the run's config.yaml, so
+    a reopened run needs no data to normalise as training did.
     """
 
     name = "ImageFolder"
@@ -27,8 +32,8 @@ class ImageFolderDataModule(ClassificationDataModule):
         folder: str = "cifar10-sample",
         image_size: int = 32,
         channels: int = 3,
-        mean: Sequence[float] | None = None,
-        std: Sequence[float] | None = None,
+        mean: Sequence[float] | Literal["auto"] | None = None,
+        std: Sequence[float] | Literal["auto"] | None = None,
         cache_dir: str | None = None,
         val_size: float = 0.1,
         crop_padding: int = 4,
@@ -41,7 +46,8 @@ class ImageFolderDataModule(ClassificationDataModule):
                 relative to ``root``.
             image_size: images are resized to this square size.
             channels: 1 for grayscale, 3 for colour.
-            mean, std: per-channel normalisation in [0, 1] units (default 0.5 and 0.25).
+            mean, std: per-channel normalisation in [0, 1] units (default 0.5 and 0.25);
+                ``auto``: the training folder's per-channel mean and standard deviation.
             cache_dir: where decoded tensors are cached (default ``$SOFTCAL_CACHE_DIR`` or
                 ``~/.cache/softcal``).
         """
@@ -50,12 +56,18 @@ class ImageFolderDataModule(ClassificationDataModule):
         folder_path = Path(folder).expanduser()
         self.folder = folder_path if folder_path.is_absolute() else self.root / folder_path
         self.name = self.folder.name or "ImageFolder"
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self._classes: list[str] | None = None
+        if mean == "auto" or std == "auto":  # the training images, decoded (and cached) once
+            train = load_image_folder(self.folder / "train", self.class_folders, channels,
+                                      self.image_size, self.cache_dir)  # fmt: skip
+            measured = folder_statistics(train[0])
+            mean = measured[0] if mean == "auto" else mean
+            std = measured[1] if std == "auto" else std
         self.mean = tuple(mean) if mean is not None else (0.5,) * channels
         self.std = tuple(std) if std is not None else (0.25,) * channels
         if len(self.mean) != channels or len(self.std) != channels:
             raise DataError(f"data mean/std need {channels} values each (one per channel)")
-        self.cache_dir = Path(cache_dir) if cache_dir else None
-        self._classes: list[str] | None = None
 
     @property
     def class_folders(self) -> list[str]:
@@ -75,3 +87,21 @@ class ImageFolderDataModule(ClassificationDataModule):
         return load_image_folder(
             split_dir, self.class_folders, self.in_channels, self.image_size, self.cache_dir
         )
+
+
+def folder_statistics(images: torch.Tensor, chunk: int = 4096) -> tuple[list[float], list[float]]:
+    """Per-channel mean and standard deviation of uint8 images (N, C, H, W) in [0, 1] units,
+    rounded to 4 decimals (as a config file holds them, so training and a reopened run use the
+    same numbers), summed in float64 a chunk at a time (a float copy of every image at once
+    would double the memory of a large folder). A channel without spread gets 0.0001, not 0."""
+    channels = images.shape[1]
+    total = torch.zeros(channels, dtype=torch.float64)
+    squares = torch.zeros(channels, dtype=torch.float64)
+    for part in images.split(chunk):
+        values = part.to(torch.float64).div_(255.0).transpose(0, 1).reshape(channels, -1)
+        total += values.sum(dim=1)
+        squares += values.square().sum(dim=1)
+    count = max(images.numel() // max(channels, 1), 1)
+    mean = total / count
+    std = (squares / count - mean.square()).clamp_min(0).sqrt()
+    return [round(float(m), 4) for m in mean], [max(round(float(s), 4), 1e-4) for s in std]

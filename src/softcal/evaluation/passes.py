@@ -7,12 +7,11 @@ the run's settings - its accelerator and, above all, its precision (a bf16 run's
 from a float32 forward pass in the last digits, enough to move a sample across an ECE bin edge).
 
 A split's pass (:func:`split_pass`) keeps, at once, what the module's ``test_step`` logs (the
-metrics, raw and calibrated), the bin sums and confusion counts of
-:class:`~softcal.calibration.callbacks.CalibrationFigures`, the (confidence, correct) pairs of
-:class:`~softcal.calibration.selective_callback.SelectivePrediction` and the float32 logits of
-:class:`LogitsCollector`. Whatever an analysis computes from these logits therefore agrees with
-the printed metrics bit for bit. Images without a split (OOD sets) get a logits-only pass
-(:func:`logits_pass`).
+metrics, raw and calibrated, selective prediction's among them), the bin sums, confusion counts
+and (confidence, correct) pairs of :class:`~softcal.calibration.callbacks.CalibrationFigures`
+and the float32 logits of :class:`LogitsCollector`. Whatever an analysis computes from these
+logits therefore agrees with the printed metrics bit for bit. Images without a split (OOD
+sets) get a logits-only pass (:func:`logits_pass`).
 """
 
 from __future__ import annotations
@@ -27,7 +26,6 @@ import torch
 from lightning.pytorch import Callback, Trainer
 
 from softcal.calibration.callbacks import CalibrationFigures, gather_from_all_processes
-from softcal.calibration.selective_callback import SelectivePrediction
 from softcal.evaluation.results import Confidences, SplitLogits, SplitPass
 
 if TYPE_CHECKING:
@@ -104,14 +102,13 @@ def key_for_split(key: str, split: str, scored_as: str = "test") -> str:
 
 def split_pass(run: LoadedRun, datamodule: L.LightningDataModule, split: str) -> SplitPass:
     """The pass over ``datamodule``'s test split, which holds the run's ``split``."""
-    drawn = CalibrationFigures(int(run.model.hparams.calibration_bins))  # no logger: only sums
-    selective = SelectivePrediction(draw=False)  # test/aurc ... as training logs them
+    drawn = CalibrationFigures(int(run.model.hparams.calibration_bins))  # no logger: only sums and pairs
     collected = LogitsCollector()
-    metrics = run_test(run, datamodule, [drawn, selective, collected])
+    metrics = run_test(run, datamodule, [drawn, collected])
     raw = drawn.finished["test"]
     calibrated = drawn.finished.get("test_calibrated", raw)  # nothing fitted: the raw softmax
     pairs = {stage: Confidences(found["confidence"], found["correct"])
-             for stage, found in selective.finished.items()}  # fmt: skip
+             for stage, found in drawn.pairs.items()}  # fmt: skip
     return SplitPass(
         split=split,
         metrics={key_for_split(k, split): float(v) for k, v in sorted(metrics.items())},

@@ -2,8 +2,8 @@
 
 The (confidence, correct) pairs are those of the evaluated split's pass - the top probability
 of the raw softmax and of the run's stored calibration (``ctx.calibration``, whatever its
-method), computed by :class:`softcal.calibration.selective_callback.SelectivePrediction` on the
-very logits the metrics come from. Its ``test/aurc ...`` rows are in evaluate's results table,
+method), kept by :class:`softcal.calibration.callbacks.CalibrationFigures` from the very
+probabilities the metrics come from. Its ``test/aurc ...`` rows are in evaluate's results table,
 so selective.json repeats the printed numbers exactly. :func:`selective_outputs` takes the
 pairs themselves: tests feed it pairs of logits they made up.
 """

@@ -5,6 +5,12 @@
     probs  = softmax(logits)          what the raw metrics are computed from, and
     probs  = calibration(logits)      what the calibrated metrics and predictions use
 
+Each evaluation step computes these probabilities once, scores its stages' metrics with them
+and returns them (``{"logits", "labels", "probabilities": {stage: probs}}``), so callbacks
+(figures) never compute them again. The test stages also rank every prediction: AURC, E-AURC,
+risk at coverage and misclassification AUROC (softcal.uncertainty.selective_metrics) are in
+the same MetricCollection as the calibration metrics; validation is scored without them.
+
 ``self.calibration`` is the run's one calibration object
 (:class:`softcal.calibration.run_calibration.RunCalibration`): temperature scaling by default,
 or the ``--calibrator`` the run chose. It is "not fitted" until the
@@ -39,6 +45,7 @@ from softcal.model.optimization import (
     parameter_groups,
 )
 from softcal.model.training_totals import TrainingTotals
+from softcal.uncertainty.selective_metrics import selective_metrics, without_undefined
 
 #: Builds a net from (in_channels, num_classes, image_size); configs name a class from
 #: softcal.model.nets (or any importable nn.Module with that signature) and its other arguments.
@@ -117,8 +124,8 @@ class Classifier(L.LightningModule):
         self.metrics = nn.ModuleDict({
             "fit": MetricCollection({"totals": TrainingTotals()}, prefix="train/"),
             "val": calibration_metrics(k, "val/", bins),
-            "test": calibration_metrics(k, "test/", bins),
-            "test_calibrated": calibration_metrics(k, "test_calibrated/", bins),
+            "test": calibration_metrics(k, "test/", bins, selective_metrics()),
+            "test_calibrated": calibration_metrics(k, "test_calibrated/", bins, selective_metrics()),
         })  # fmt: skip
 
     # ------------------------------------------------------------------ calibration
@@ -185,20 +192,26 @@ class Classifier(L.LightningModule):
     def on_train_epoch_end(self) -> None:
         self.log_dict(self.metrics["fit"].compute())  # train/loss, train/acc
 
-    def _evaluate(self, batch: Batch, stages: Sequence[str]) -> dict[str, torch.Tensor]:
+    def _evaluate(self, batch: Batch, stages: Sequence[str]) -> dict[str, Any]:
         images, labels = batch
         logits = self(images).float()
         self.log(f"{stages[0]}/loss", F.cross_entropy(logits, labels),
                  on_step=False, on_epoch=True, batch_size=len(labels), sync_dist=True)  # fmt: skip
+        raw = torch.softmax(logits, dim=1)
+        probabilities: dict[str, torch.Tensor] = {}
         for stage in stages:
-            self.metrics[stage].update(self.probabilities(logits, stage.endswith("calibrated")), labels)
-        # What callbacks (temperature fitting, figures) work from.
-        return {"logits": logits.detach(), "labels": labels}
+            # Nothing fitted: the calibrated stage is scored on the raw softmax (the same tensor).
+            calibrated = stage.endswith("calibrated") and self.calibration.fitted
+            probabilities[stage] = self.calibration.probabilities(logits) if calibrated else raw
+            self.metrics[stage].update(probabilities[stage], labels)
+        # What callbacks (calibration fitting, figures) work from: nothing is computed twice.
+        returned = {stage: probs.detach() for stage, probs in probabilities.items()}
+        return {"logits": logits.detach(), "labels": labels, "probabilities": returned}
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
+    def validation_step(self, batch: Batch, batch_idx: int) -> dict[str, Any]:
         return self._evaluate(batch, ["val"])
 
-    def test_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
+    def test_step(self, batch: Batch, batch_idx: int) -> dict[str, Any]:
         return self._evaluate(batch, ["test", "test_calibrated"])
 
     def predict_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
@@ -214,7 +227,8 @@ class Classifier(L.LightningModule):
 
     def _finish_stage(self, stage: str) -> None:
         if not self.trainer.sanity_checking:  # two batches of noise: not logged
-            self.log_dict(self.metrics[stage].compute())
+            # A selective metric with no value (AUROC when every prediction is right) is left out.
+            self.log_dict(without_undefined(self.metrics[stage].compute(), self.metrics[stage]))
         self.metrics[stage].reset()
 
     # ------------------------------------------------------------------ optimisation

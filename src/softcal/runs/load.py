@@ -16,7 +16,6 @@ model can predict and be exported on a machine that never saw its dataset.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +26,7 @@ from softcal.runs.run_config import read_config, rebuild, split_overrides
 from softcal.runs.run_dirs import find_run_dir, resolve_checkpoint
 
 # split_overrides: the apps that call load_run import it from here with it
-__all__ = ["RUN_HELP", "LoadedRun", "load_run", "read_config", "rebuild", "run_argument_parser",
-           "split_overrides"]  # fmt: skip
+__all__ = ["RUN_HELP", "LoadedRun", "load_run", "read_config", "rebuild", "split_overrides"]
 
 if TYPE_CHECKING:
     from softcal.calibration.run_calibration import RunCalibration
@@ -41,13 +39,6 @@ if TYPE_CHECKING:
 
 #: How the apps describe the run argument in their --help.
 RUN_HELP = "a run directory (its best checkpoint) or a .ckpt file inside one"
-
-
-def run_argument_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    """The command line of an app that reopens one run: ``--ckpt RUN_DIR_OR_CKPT``."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument("--ckpt", required=True, metavar="RUN_DIR_OR_CKPT", help=RUN_HELP)
-    return parser
 
 
 @dataclass

@@ -3,7 +3,7 @@
 A run's config (what ``configs/*.yaml`` hold and a run saves as ``config.yaml``) has the
 sections ``seed_everything``, ``model``, ``data`` and ``trainer``, and while training also the
 callback groups (``checkpoint``, ``last_checkpoint``, ``calibration``, ``figures``) and a few
-options. Three commands read it, and each used to build its own parser; now all build it here:
+options. Three commands read it, and all build their parser here:
 
 * training (``softcal.apps.cli``): LightningCLI adds the model, data, trainer and seed itself;
   :func:`add_training_arguments` adds the rest and the links, the same ones as below;

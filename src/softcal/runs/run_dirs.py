@@ -23,6 +23,8 @@ def find_run_dir(path: str | Path) -> Path:
     for candidate in candidates:
         if (candidate / "config.yaml").is_file():
             return candidate
+    if path.is_dir():
+        check_not_a_folder_of_runs(path)
     raise CheckpointError(
         f"no config.yaml found beside {path}; evaluate a run directory made by scripts/train.py"
         " (or copy the run's config.yaml next to the checkpoint)"
@@ -54,8 +56,43 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if path.is_dir():
         return best_checkpoint(find_run_dir(path))
     if not path.is_file():
-        raise CheckpointError(f"{path} not found; pass a .ckpt file or a run directory")
+        near = checkpoints_near(path)
+        raise CheckpointError(f"{path} not found; pass a .ckpt file or a run directory{near}")
     return path
+
+
+def newest_run_inside(folder: Path, checkpoint: str = "*.ckpt") -> Path | None:
+    """The run directory one or two levels below ``folder`` (``runs/mnist/version_0`` under
+    ``runs/mnist`` or ``runs``) whose newest ``checkpoints/<checkpoint>`` is the newest of
+    all; None when no run there has one. Spelt from ``folder`` as given."""
+    found = [
+        ckpt for pattern in (f"*/checkpoints/{checkpoint}", f"*/*/checkpoints/{checkpoint}")
+        for ckpt in folder.glob(pattern) if (ckpt.parent.parent / "config.yaml").is_file()
+    ]  # fmt: skip
+    newest = max(found, key=lambda ckpt: ckpt.stat().st_mtime, default=None)
+    return newest.parent.parent if newest is not None else None
+
+
+def check_not_a_folder_of_runs(folder: Path, checkpoint: str = "*.ckpt") -> None:
+    """One line with the run the user most likely meant, when ``folder`` holds runs rather
+    than being one (``runs/mnist`` for ``runs/mnist/version_0``)."""
+    run = newest_run_inside(folder, checkpoint)
+    if run is not None:
+        raise CheckpointError(
+            f"{folder} is a folder of runs, not a run; did you mean {run}? (the newest run in it"
+            " with a checkpoint)"
+        )
+
+
+def checkpoints_near(path: Path, shown: int = 5) -> str:
+    """``" (<folder> holds a.ckpt, b.ckpt)"``: the checkpoints beside a missing one, or in
+    ``checkpoints/`` beside it (a path that left that folder out); "" when there are none."""
+    for folder in (path.parent, path.parent / "checkpoints"):
+        names = sorted(p.name for p in folder.glob("*.ckpt")) if folder.is_dir() else []
+        if names:
+            more = f", ... ({len(names)} in all)" if len(names) > shown else ""
+            return f" ({folder} holds {', '.join(names[:shown])}{more})"
+    return ""
 
 
 def latest_run_with_last(save_dir: Path, name: str) -> Path | None:

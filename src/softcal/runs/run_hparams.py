@@ -1,9 +1,10 @@
 """The columns of TensorBoard's HPARAMS table for a training run, and one run's values.
 
 TensorBoard builds the table's columns from ONE experiment description (the first it reads;
-Lightning issue #1217), so every run writes the same description: the same hyperparameter
-names and the same metric tags, whatever its net or dataset. A value a run does not have is a
-fixed placeholder (``""``, ``-1`` or ``False``), never a missing key.
+github.com/Lightning-AI/pytorch-lightning/issues/1217), so every run writes the same
+description: the same hyperparameter names and the same metric tags, whatever its net or
+dataset. A value a run does not have is a fixed placeholder (``""``, ``-1`` or ``False``),
+never a missing key.
 """
 
 from __future__ import annotations
