@@ -1,7 +1,7 @@
 """How long ``evaluate.py RUN --shift all`` takes: seconds per corrupted set, generation (the
 corruptions of softcal.shift) against inference (the set's pass through the net), and the total.
 
-    SOFTCAL_DATA_ROOT=../shared/data python benchmarks/shift_speed.py runs/cifar10/version_0
+    python benchmarks/shift_speed.py runs/cifar10/version_0   # data under $SOFTCAL_DATA_ROOT
     ... --shift-samples 200    # a quick check: the first 200 test images of each set
 
 It runs the shift analysis (``softcal.evaluation.shift``) on the run exactly as evaluate does -

@@ -7,27 +7,26 @@ Two users:
 * an ensemble's "logits" (the log of its members' mean probability) are no net's output, so
   no ``trainer.test`` can make its pass; :func:`scored_pass` builds the same
   :class:`~softcal.evaluation.results.SplitPass` from them - the metrics ``test_step`` logs
-  (``<split>/...`` and ``<split>_calibrated/...``, the loss), the AURC rows the
-  :class:`~softcal.calibration.selective_callback.SelectivePrediction` callback logs, the
-  reliability-diagram bin sums, the confusion counts and the (confidence, correct) pairs.
+  (``<split>/...`` and ``<split>_calibrated/...`` with the selective-prediction ones, and the
+  loss), the reliability-diagram bin sums, the confusion counts and the (confidence, correct)
+  pairs of :class:`~softcal.calibration.callbacks.CalibrationFigures`.
 
-Both use the project's own metric code (:func:`softcal.calibration.metrics.calibration_metrics`,
-:class:`~softcal.calibration.metrics.TopLabelBins`,
-:func:`softcal.uncertainty.selective.selective_report`) on the probabilities
-``calibration.probabilities`` gives, so for a single run's logits they reproduce its test pass
-up to float summation order (``tests/test_ensemble.py`` checks that).
+Both use the very metric collections the Classifier's test stages hold
+(:func:`softcal.calibration.metrics.calibration_metrics` with
+:func:`softcal.uncertainty.selective_metrics.selective_metrics`, an undefined selective metric
+left out as ``test_step`` leaves it out) on the probabilities ``calibration.probabilities``
+gives, so for a single run's logits they reproduce its test pass up to float summation order
+(``tests/test_ensemble.py`` checks that).
 """
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from softcal.evaluation.results import Confidences, SplitLogits, SplitPass
-from softcal.uncertainty.selective import selective_report
 
 if TYPE_CHECKING:
     from softcal.calibration.run_calibration import RunCalibration
@@ -38,16 +37,17 @@ SET_METRICS = ("acc", "ece", "nll", "brier")
 STAGES = (("test", False, "raw"), ("test_calibrated", True, "calibrated"))
 
 
-def probability_metrics(probs: torch.Tensor, labels: torch.Tensor, n_bins: int, prefix: str = "") -> dict[
-    str, float
-]:  # fmt: skip
-    """Every metric of :func:`~softcal.calibration.metrics.calibration_metrics` on the probabilities."""
+def probability_metrics(probs: torch.Tensor, labels: torch.Tensor, n_bins: int, prefix: str = "",
+                        selective: bool = False) -> dict[str, float]:  # fmt: skip
+    """Every metric of :func:`~softcal.calibration.metrics.calibration_metrics` on the
+    probabilities; with ``selective``, also those of a test stage (an undefined one left out)."""
     # torchmetrics takes seconds to import: only once something is scored
     from softcal.calibration.metrics import calibration_metrics
+    from softcal.uncertainty.selective_metrics import selective_metrics, without_undefined
 
-    metrics = calibration_metrics(probs.shape[1], prefix, n_bins)
+    metrics = calibration_metrics(probs.shape[1], prefix, n_bins, selective_metrics() if selective else None)
     metrics.update(probs, labels)
-    return {key: float(value) for key, value in metrics.compute().items()}
+    return {key: float(value) for key, value in without_undefined(metrics.compute(), metrics).items()}
 
 
 def set_scores(logits: torch.Tensor, labels: torch.Tensor, calibration: RunCalibration, n_bins: int) -> dict[
@@ -72,14 +72,12 @@ def scored_pass(split: str, logits: SplitLogits, calibration: RunCalibration, n_
     bins, pairs = {}, {}
     for stage, calibrated, name in STAGES:
         probs = calibration.probabilities(scores, calibrated)
-        metrics |= probability_metrics(probs, labels, n_bins, f"{stage}/")
+        metrics |= probability_metrics(probs, labels, n_bins, f"{stage}/", selective=True)
         binned = TopLabelBins(n_bins)
         binned.update(probs, labels)
         bins[name] = binned.compute()
         confidence, predicted = probs.max(dim=1)
         pairs[name] = Confidences(confidence.float(), predicted == labels)
-        report = selective_report(pairs[name].confidence, pairs[name].correct)
-        metrics |= {f"{stage}/{key}": value for key, value in report.items() if not math.isnan(value)}
     k = scores.shape[1]
     predicted = calibration.probabilities(scores, calibrated=False).argmax(dim=1)  # as the callback counts
     confusion = torch.bincount(labels * k + predicted, minlength=k * k).view(k, k)  # rows: true class
