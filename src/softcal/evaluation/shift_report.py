@@ -80,7 +80,7 @@ def text_table(rows: Sequence[Mapping[str, Any]], title: str, calibration_label:
     for row in rows:
         cells = "".join(f"{_cell(row[s][m], p):>{width}}" for s, m, _, p in COLUMNS)
         lines.append(f"{_label(row['severity']):<10}{row['sets']:>5}{cells}")
-    lines.append(f"cal. = {calibration_label} (the run's stored calibration, fitted on clean"
+    lines.append(f"cal. = {calibration_label} (the calibration fitted on clean"
                  " validation data); mean ± std over the corruptions of each severity")  # fmt: skip
     return "\n".join(lines)
 
@@ -126,7 +126,7 @@ def _clean_note(records: Sequence[Mapping[str, Any]], what: str) -> str:
 def markdown_report(records: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[str, Any]], title: str,
                     calibration_label: str) -> str:  # fmt: skip
     """shift.md: the summary (mean ± std), its spread (min – max), and per-corruption tables."""
-    parts = [f"**{title}**", "", f"cal. = {calibration_label}: the run's stored calibration, fitted on"
+    parts = [f"**{title}**", "", f"cal. = {calibration_label}: the calibration fitted on"
              " clean validation data. Percentages for accuracy and ECE.", "",
              "Mean ± std over the corruptions of each severity:", "",
              *_md_summary(rows, "std"), "",
