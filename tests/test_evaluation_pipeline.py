@@ -74,7 +74,7 @@ def test_pass_pairs_are_the_calibration_of_the_pass_logits(tiny_run: Path):
 
 def test_the_analyses_are_listed_once_with_one_shape():
     names = [analysis.name for analysis in analyses.ANALYSES]
-    assert names == ["calibration", "selective", "calibrators", "ood", "conformal"]
+    assert names == ["calibration", "selective", "calibrators", "ood", "shift", "conformal"]
     for analysis in analyses.ANALYSES:
         for method in ("add_arguments", "check", "wanted", "run"):
             assert callable(getattr(analysis, method)), (analysis.name, method)

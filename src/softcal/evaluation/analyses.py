@@ -19,6 +19,7 @@ from softcal.evaluation import (
     conformal_sets,
     ood_detection,
     selective_prediction,
+    shift,
 )
 from softcal.evaluation.analysis import Analysis
 from softcal.evaluation.context import EvaluationContext
@@ -30,6 +31,7 @@ ANALYSES: tuple[Analysis, ...] = (
     selective_prediction.ANALYSIS,  # selective.json, risk_coverage.png
     calibrator_comparison.ANALYSIS,  # --calibrators: calibrators.json/.md, calibrators/
     ood_detection.ANALYSIS,  # --ood: ood.json/.md, ood/
+    shift.ANALYSIS,  # --shift: shift.json/.md, shift/, tensorboard/
     conformal_sets.ANALYSIS,  # --conformal: conformal.json/.md, conformal/
 )
 

@@ -7,7 +7,12 @@ the analyses' questions about it, computing each answer once:
   sums, selective-prediction pairs and logits; :mod:`softcal.evaluation.passes`);
 * :meth:`~EvaluationContext.logits` - a split's logits, from that same pass;
 * :meth:`~EvaluationContext.images_logits` - the logits of other images (OOD sets), through
-  the same Trainer and preprocessing;
+  the same Trainer and preprocessing (kept per image content: the same images asked twice,
+  e.g. by an OOD analysis and again by an ensemble of this run, go through the net once);
+* :meth:`~EvaluationContext.shifted_logits` - the logits of the test split's first N images
+  under one corruption at one severity (:mod:`softcal.evaluation.shifted_sets`), the same
+  way, each set made and passed once and kept: the shift analysis and any later analysis of
+  the same sets (conformal coverage under shift) share them;
 * :attr:`~EvaluationContext.calibration` - the run's stored calibration, the one way any
   analysis asks how probabilities are calibrated.
 
@@ -18,6 +23,8 @@ checkpoint is reported in a second or two.
 from __future__ import annotations
 
 import copy
+import hashlib
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,6 +32,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from softcal.evaluation.results import Evaluation, SplitLogits, SplitPass
+from softcal.evaluation.shifted_sets import SetKey, ShiftedSets
 from softcal.runs.load import LoadedRun, load_run
 
 if TYPE_CHECKING:
@@ -45,6 +53,11 @@ class EvaluationContext:
         self.run, self.split, self.overrides = run, split, list(overrides)
         self._passes: dict[str, SplitPass] = {}
         self._evaluation: Evaluation | None = None
+        self._images: dict[str, torch.Tensor] = {}
+        self._shifted_sets: ShiftedSets | None = None
+        self._shifted: dict[SetKey, SplitLogits] = {}
+        #: seconds each shifted set's pass through the net took (the shift benchmark's inference)
+        self.shift_seconds: dict[SetKey, float] = {}
 
     @classmethod
     def open(cls, path: str | Path, split: str = "test", overrides: Sequence[str] = ()) -> EvaluationContext:
@@ -83,9 +96,41 @@ class EvaluationContext:
         preprocessed by the run's datamodule exactly like its test split."""
         from softcal.evaluation.passes import logits_pass
 
-        # test_step needs labels; images without any (OOD sets) get 0, their metrics unused
-        labels = torch.zeros(len(images), dtype=torch.long)
-        return logits_pass(self.run, self._datamodule_holding(images, labels)).logits
+        key = _digest(images)
+        if key not in self._images:
+            # test_step needs labels; images without any (OOD sets) get 0, their metrics unused
+            labels = torch.zeros(len(images), dtype=torch.long)
+            self._images[key] = logits_pass(self.run, self._datamodule_holding(images, labels)).logits
+        return self._images[key]
+
+    @property
+    def shifted_sets(self) -> ShiftedSets:
+        """The test split's images, corrupted on demand. The split is the one the test pass
+        read (that pass runs first if it has not: it prepares and reads the data)."""
+        if self._shifted_sets is None:
+            self.tested("test")
+            images, labels = self.run.datamodule.splits["test"]
+            self._shifted_sets = ShiftedSets(images, labels, self.run.datamodule.root)
+        return self._shifted_sets
+
+    def share_shifted_sets(self, sets: ShiftedSets) -> None:
+        """Corrupt through ``sets`` (another context's, of the same test images) from now on."""
+        self._shifted_sets = sets
+
+    def shifted_logits(self, corruption: str, severity: int, samples: int | None = None) -> SplitLogits:
+        """(logits, labels) of the first ``samples`` test images (all: None) corrupted by
+        ``corruption`` at ``severity`` (seed 0), through the same Trainer and preprocessing as
+        the test split; each set is made and passed once."""
+        from softcal.evaluation.passes import logits_pass
+
+        sets = self.shifted_sets
+        key = sets.key(corruption, severity, samples)
+        if key not in self._shifted:
+            images, labels = sets.corrupted(corruption, severity, samples)
+            start = time.perf_counter()
+            self._shifted[key] = logits_pass(self.run, self._datamodule_holding(images, labels))
+            self.shift_seconds[key] = time.perf_counter() - start
+        return self._shifted[key]
 
     def evaluation(self) -> Evaluation:
         """The evaluated split's scores (its pass runs on first use)."""
@@ -123,3 +168,10 @@ class EvaluationContext:
         datamodule.splits = {"test": (images, labels)}
         datamodule.download = False
         return datamodule
+
+
+def _digest(images: torch.Tensor) -> str:
+    """A key for the content of a batch of images: its shape, dtype and bytes."""
+    pixels = images.detach().cpu().contiguous()
+    digest = hashlib.blake2b(pixels.numpy().tobytes(), digest_size=16).hexdigest()
+    return f"{tuple(pixels.shape)} {pixels.dtype} {digest}"
