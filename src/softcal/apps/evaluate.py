@@ -27,13 +27,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from softcal.apps.arguments import AppArgumentParser
 from softcal.errors import exit_on_user_error
 from softcal.evaluation import analyses
 from softcal.evaluation.context import EvaluationContext
 from softcal.evaluation.ensemble import OOD_NOTE, EnsembleContext, check_member_count, ensemble_result
 from softcal.evaluation.report import comparison_table, comparison_title, results_table
 from softcal.evaluation.results import Evaluation
-from softcal.runs.load import RUN_HELP, split_overrides
+from softcal.runs.load import RUN_HELP
 
 
 def evaluate(contexts: Sequence[EvaluationContext], args: argparse.Namespace,
@@ -85,14 +86,16 @@ def _out_dirs(evaluations: Sequence[Evaluation], out: Path | None) -> list[Path]
 
 
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
-    own, overrides = split_overrides(argv)
-    parser = argparse.ArgumentParser(
-        prog="evaluate.py",
-        description="Test checkpoints with the config their run saved; print accuracy and"
-        " calibration (raw and calibrated as the run stored); write metrics.json and figures. Options"
-        " --data.*, --model.*, --trainer.* override the saved config.",
+    parser = AppArgumentParser(
+        "evaluate.py",
+        "Test checkpoints with the config their run saved; print accuracy and calibration (raw"
+        " and calibrated as the run stored); write metrics.json and figures, and whatever the"
+        " analyses below are asked for.",
     )
-    parser.add_argument("paths", nargs="+", metavar="RUN_DIR_OR_CKPT", help=RUN_HELP)
+    parser.add_argument("paths", nargs="*", metavar="RUN_DIR_OR_CKPT",
+                        help=f"{RUN_HELP}; several give one comparison table")
+    parser.add_argument("--ckpt", action="append", default=[], metavar="RUN_DIR_OR_CKPT",
+                        help="the same, named as predict and export name it (repeatable)")
     parser.add_argument("--split", choices=("test", "val"), default="test",
                         help="the official test set (default) or the run's validation split")
     parser.add_argument("--out", type=Path, default=None,
@@ -102,7 +105,10 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
                         " model through every analysis; files in --out/ensemble or"
                         " <first run>/eval_ensemble")  # fmt: skip
     analyses.add_arguments(parser)  # each analysis's own options
-    args = parser.parse_args(own)
+    args, overrides = parser.parse_with_overrides(argv)
+    args.paths = [*args.paths, *args.ckpt]
+    if not args.paths:
+        parser.error("no run given; name one or more runs: evaluate.py RUN_DIR_OR_CKPT ...")
     if args.ensemble:
         check_member_count(len(args.paths))
     analyses.check_arguments(args)  # before any checkpoint is loaded
