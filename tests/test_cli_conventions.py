@@ -199,6 +199,8 @@ def test_train_prints_no_lightning_banners(caplog):
 
     quiet_banners()
     caplog.set_level(logging.INFO)
+    for name in BANNER_LOGGERS:  # evaluate, run earlier in the same process, raises their levels
+        caplog.set_level(logging.INFO, logger=name)
     for name in BANNER_LOGGERS:
         logging.getLogger(name).info("Seed set to 0")
         logging.getLogger(name).info("GPU available: False, used: False")

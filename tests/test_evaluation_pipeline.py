@@ -53,8 +53,9 @@ def test_each_split_goes_through_the_net_once(tiny_run: Path, counted_passes: li
 
 def test_evaluate_makes_one_pass_per_split_and_set(tiny_run: Path, tmp_path: Path, counted_passes: list[int]):
     main([str(tiny_run), "--out", str(tmp_path), "--calibrators", "temperature",
-          "--ood", "uniform-noise", "--ood", "gaussian-noise"])  # fmt: skip
-    # test (metrics, selective, calibrators' test side, OOD in-distribution), val, two OOD sets
+          "--ood", "uniform-noise", "--ood", "gaussian-noise", "--conformal"])  # fmt: skip
+    # test (metrics, selective, calibrators' and conformal's test side, OOD in-distribution),
+    # val (calibrators, conformal), two OOD sets
     assert counted_passes == [200, 100, 200, 200]
 
 
@@ -73,7 +74,7 @@ def test_pass_pairs_are_the_calibration_of_the_pass_logits(tiny_run: Path):
 
 def test_the_analyses_are_listed_once_with_one_shape():
     names = [analysis.name for analysis in analyses.ANALYSES]
-    assert names == ["calibration", "selective", "calibrators", "ood", "shift"]
+    assert names == ["calibration", "selective", "calibrators", "ood", "shift", "conformal"]
     for analysis in analyses.ANALYSES:
         for method in ("add_arguments", "check", "wanted", "run"):
             assert callable(getattr(analysis, method)), (analysis.name, method)

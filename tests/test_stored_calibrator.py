@@ -145,7 +145,7 @@ def _fitted(method: str, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, obj
 def test_the_calibration_is_one_state_dict_key_and_round_trips():
     model = Classifier()
     assert [k for k in model.state_dict() if "calibrat" in k or "temperature" in k] == [SLOT_KEY]
-    assert model.state_dict()[SLOT_KEY] == {"temperature": None, "calibrator": None}
+    assert model.state_dict()[SLOT_KEY] == {"temperature": None, "calibrator": None, "conformal": None}
     logits, _, calibrator = _fitted("vector")
     model.calibration.set(1.25, calibrator)
     state = model.state_dict()

@@ -10,8 +10,15 @@ isotonic), the same ``Classifier.probabilities`` its calibrated test metrics use
 fitted temperature or calibrator they are the raw softmax, and predict says so. The line
 above the table (and ``"calibration"`` in ``--json``) names what was applied.
 
+``--conformal-alpha 0.05`` adds each image's split-conformal prediction set - the classes it
+holds, with their probabilities - from the thresholds the run stored beside its calibration
+(:mod:`softcal.calibration.conformal_thresholds`: lac, aps, classwise_lac at alpha 0.1, 0.05,
+0.01, fitted on the calibrated validation probabilities). Only those deterministic methods are
+stored, so an image gets the same set every time, alone or in a folder.
+
     python scripts/predict.py --ckpt runs/mnist/version_0 digit.png more_digits/ --top-k 3
     python scripts/predict.py --ckpt runs/mnist/version_0 scans/ --skip-bad
+    python scripts/predict.py --ckpt runs/mnist/version_0 digit.png --conformal-alpha 0.05
 
 An unreadable file ends the command in one line that names it; with ``--skip-bad`` it is
 skipped with a one-line warning instead, and the others are predicted.
@@ -30,6 +37,7 @@ import numpy as np
 import torch
 
 from softcal.apps.arguments import run_app_parser
+from softcal.apps.predict_sets import check_conformal_options, set_lines, stored_predictor, with_sets
 from softcal.data.image_files import find_images
 from softcal.data.readers import IMAGE_SUFFIXES, decode_images
 from softcal.errors import DataError, exit_on_user_error, first_line
@@ -133,13 +141,17 @@ def top_k(probabilities: torch.Tensor, names: Sequence[str], k: int) -> list[lis
     ]  # fmt: skip
 
 
-def format_predictions(files: Sequence[Path], ranked: Sequence[list[dict[str, Any]]]) -> str:
-    """One line per image: the file, then each class with its probability."""
+def format_predictions(files: Sequence[Path], ranked: Sequence[list[dict[str, Any]]],
+                       below: Sequence[str] | None = None) -> str:  # fmt: skip
+    """One line per image: the file, then each class with its probability; ``below``: a line
+    to print under each image's (its prediction set)."""
     width = max(len(str(f)) for f in files)
     lines = []
-    for path, row in zip(files, ranked, strict=True):
+    for i, (path, row) in enumerate(zip(files, ranked, strict=True)):
         cells = "   ".join(f"{c['class']} {100 * c['probability']:6.2f}%" for c in row)
         lines.append(f"{str(path):<{width}}   {cells}")
+        if below is not None:
+            lines.append(f"{'':<{width}}   {below[i]}")
     return "\n".join(lines)
 
 
@@ -158,15 +170,23 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
                         help="print JSON with every class probability instead of a table")
     parser.add_option("--skip-bad", action="store_true",
                       help="skip unreadable files with a warning each, instead of stopping at the first")
+    parser.add_option("--conformal-alpha", metavar="ALPHA", default=None,
+                      help="also print each image's conformal prediction set at this miscoverage"
+                      " (one the run stored: 0.1, 0.05 or 0.01)")
+    parser.add_option("--conformal-method", metavar="METHOD", default="lac",
+                      help="the stored conformal method of --conformal-alpha: lac (default), aps"
+                      " or classwise_lac")
     args, overrides = parser.parse_with_overrides(argv)
     if args.top_k < 1:
         parser.error("--top-k must be at least 1")
+    check_conformal_options(args)  # before the checkpoint is read
     return args, overrides
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     run = load_run(args.ckpt, overrides)
+    predictor = stored_predictor(run, args)  # None without --conformal-alpha; before any image is read
     found = images_to_predict(args.files)
     images, files = read_images_or_skip(found, run.in_channels, run.image_size, args.skip_bad)
     probabilities = predict_probabilities(run, images)
@@ -186,11 +206,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         ],
         "skipped": [str(path) for path in found if path not in set(files)],  # --skip-bad
     }
+    sets = with_sets(report, predictor, probabilities, run.class_names)  # adds "prediction_set"s
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         print(f"checkpoint {run.checkpoint}  ({run.calibration.describe()})")
-        print(format_predictions(files, ranked))
+        print(format_predictions(files, ranked, set_lines(predictor, sets)))
     return report
 
 

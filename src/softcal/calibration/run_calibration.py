@@ -10,12 +10,17 @@ calibration that training, evaluate, predict and export ask:
 * ``temperature``: the T fitted on the same logits whatever the method (runs of any method
   are compared on it), or None;
 * ``probabilities(logits, calibrated)``, ``calibrated_logits(logits)``: applying it;
-* ``describe()`` and ``label()``: its name in a sentence and in a legend.
+* ``describe()`` and ``label()``: its name in a sentence and in a legend;
+* ``conformal(method, alpha)``: the split-conformal thresholds fitted with it on the same
+  validation split, on the probabilities it calibrates (predict's ``--conformal-alpha``;
+  :mod:`softcal.calibration.conformal_thresholds`), or None.
 
 The state is one entry, ``calibration._extra_state`` = ``{"temperature": float | None,
-"calibrator": <the fitted calibrator's own state> | None}``. Checkpoints written before this
-object existed stored T in two buffers (``temperature``, ``temperature_fitted``) and another
-method in ``calibrator._extra_state``: :func:`upgrade_state_dict` maps those keys.
+"calibrator": <the fitted calibrator's own state> | None, "conformal": <list of conformal
+predictor states> | None}``; checkpoints without ``"conformal"`` store no thresholds.
+Checkpoints written before this object existed stored T in two buffers (``temperature``,
+``temperature_fitted``) and another method in ``calibrator._extra_state``:
+:func:`upgrade_state_dict` maps those keys.
 """
 
 from __future__ import annotations
@@ -32,7 +37,9 @@ from softcal.calibration.calibrators import (
     calibrator_from_state,
     make_calibrator,
 )
+from softcal.calibration.conformal_thresholds import ConformalThresholds
 from softcal.calibration.temperature import fit_temperature
+from softcal.conformal import ConformalPredictor
 from softcal.errors import SoftcalError
 
 #: What a run with nothing fitted applies, in words.
@@ -52,6 +59,7 @@ class RunCalibration(nn.Module):
         self.num_classes = num_classes
         self.__dict__["_calibrator"] = None  # not nn.Module.__setattr__: see the class docstring
         self._temperature: float | None = None
+        self._conformal: ConformalThresholds | None = None
 
     # ------------------------------------------------------------------ what is fitted
     @property
@@ -78,9 +86,20 @@ class RunCalibration(nn.Module):
         """Whether an exported graph can carry it: a logit transform, or nothing fitted."""
         return self._calibrator is None or self._calibrator.exportable
 
+    @property
+    def conformal_thresholds(self) -> ConformalThresholds | None:
+        """Every stored conformal predictor, or None (an older checkpoint, nothing fitted)."""
+        return self._conformal
+
+    def conformal(self, method: str, alpha: float) -> ConformalPredictor | None:
+        """The conformal predictor of ``method`` at ``alpha`` fitted on the calibrated
+        validation probabilities, or None when that one is not stored."""
+        return None if self._conformal is None else self._conformal.get(method, alpha)
+
     def fit(self, logits: torch.Tensor, labels: torch.Tensor, method: str = "temperature") -> None:
-        """Fit T and ``method`` on held-out logits. A fit that fails (non-finite logits, a
-        diverging optimiser) leaves that part "not fitted" rather than storing a broken map."""
+        """Fit T and ``method`` on held-out logits, then the conformal thresholds on the
+        probabilities they calibrate. A fit that fails (non-finite logits, a diverging
+        optimiser) leaves that part "not fitted" rather than storing a broken map."""
         if method not in METHODS:
             raise SoftcalError(f"unknown calibrator {method!r}; choose one of {', '.join(METHODS)}")
         temperature = fit_temperature(logits, labels)
@@ -92,14 +111,18 @@ class RunCalibration(nn.Module):
         if calibrator is None or not calibrator.fitted:  # the method failed: T, when it was fitted
             calibrator = temperature_calibrator(temperature, self.num_classes)
         self.set(temperature, calibrator)
+        with torch.no_grad():  # after set: the thresholds belong to what predict will print
+            self._conformal = ConformalThresholds.fit(self.probabilities(logits), labels)
 
     def set(self, temperature: float | None, calibrator: Calibrator | None) -> None:
-        """Store a fitted T and calibrator (None: not fitted)."""
+        """Store a fitted T and calibrator (None: not fitted). Any stored conformal thresholds
+        are dropped: they were fitted on the probabilities of the calibration this replaces."""
         if calibrator is not None and not calibrator.fitted:
             raise ValueError(f"a {calibrator.method} calibrator must be fitted before it is stored")
         # T as float32, the precision the logits it divides are in (and a checkpoint's buffer had).
         self._temperature = None if temperature is None else float(torch.tensor(temperature).float())
         self.__dict__["_calibrator"] = calibrator
+        self._conformal = None
 
     def use_temperature(self, temperature: float | None) -> None:
         """Store temperature scaling with this T (None: not fitted)."""
@@ -148,11 +171,13 @@ class RunCalibration(nn.Module):
     # ------------------------------------------------------------------ state
     def get_extra_state(self) -> dict[str, Any]:
         state = self._calibrator.get_extra_state() if self._calibrator is not None else None
-        return {"temperature": self._temperature, "calibrator": state}
+        conformal = self._conformal.state() if self._conformal is not None else None
+        return {"temperature": self._temperature, "calibrator": state, "conformal": conformal}
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         calibrator = state.get("calibrator")
         self.set(state.get("temperature"), calibrator_from_state(calibrator) if calibrator else None)
+        self._conformal = ConformalThresholds.from_state(state.get("conformal"))  # absent: None
 
 
 def temperature_calibrator(temperature: float | None, num_classes: int) -> TemperatureCalibrator | None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from softcal.evaluation import (
     calibration_table,
     calibrator_comparison,
+    conformal_sets,
     ood_detection,
     selective_prediction,
     shift,
@@ -31,6 +32,7 @@ ANALYSES: tuple[Analysis, ...] = (
     calibrator_comparison.ANALYSIS,  # --calibrators: calibrators.json/.md, calibrators/
     ood_detection.ANALYSIS,  # --ood: ood.json/.md, ood/
     shift.ANALYSIS,  # --shift: shift.json/.md, shift/, tensorboard/
+    conformal_sets.ANALYSIS,  # --conformal: conformal.json/.md, conformal/
 )
 
 
