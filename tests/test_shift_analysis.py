@@ -182,6 +182,23 @@ def test_a_few_sets_of_a_tiny_run(tiny_run: Path, tmp_path: Path, counted_passes
     check_record(saved["records"][3], plain_logits(run, fog), labels[:50].numpy(), saved["temperature"])
 
 
+def test_a_subset_missing_classes_is_said_plainly(tiny_run: Path, tmp_path: Path, capsys):
+    (evaluation,) = main([str(tiny_run), "--shift", "contrast", "--shift-severities", "1", "--shift-samples",
+                          "3", "--out", str(tmp_path)])  # fmt: skip
+    run = load_run(tiny_run, check_classes=True)
+    run.datamodule.setup("test")
+    held = len(run.datamodule.splits["test"][1][:3].unique())
+    note = (f"the first 3 test images hold {held} of the split's 10 classes: these numbers describe those"
+            " classes only (a split stored in class order, as image folders are, puts one class first);"
+            " use a larger --shift-samples or leave it out")  # fmt: skip
+    assert f"\nnote: {note}\n" in capsys.readouterr().out
+    assert json.loads((tmp_path / "shift.json").read_text())["notes"] == [note]
+    assert (tmp_path / "shift.md").read_text().endswith(f"\nnote: {note}\n")
+    (evaluation,) = main([str(tiny_run), "--shift", "contrast", "--shift-severities", "1",
+                          "--out", str(tmp_path)])  # fmt: skip
+    assert evaluation.analyses[-1].record["notes"] == []  # the whole split: every class
+
+
 def test_shifted_logits_are_made_once_and_shared(tiny_run: Path, counted_passes: list[int]):
     ctx = EvaluationContext(load_run(tiny_run, check_classes=True))
     first = ctx.shifted_logits("brightness", 3, 40)

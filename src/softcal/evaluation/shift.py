@@ -54,6 +54,19 @@ def shift_records(ctx: EvaluationContext, corruptions: Sequence[str], severities
             for name, severity, logits, labels in sets]  # fmt: skip
 
 
+def coverage_notes(ctx: EvaluationContext, n: int) -> list[str]:
+    """A note when the first ``n`` test images miss classes the split has: a split stored in
+    class order (a PNG folder per class) puts one class first, and numbers of a few classes
+    are no estimate of the whole test set's."""
+    labels = ctx.shifted_sets.labels
+    held, classes = len(labels[:n].unique()), len(labels.unique())
+    if held >= classes:
+        return []
+    return [f"the first {n} test images hold {held} of the split's {classes} classes: these numbers"
+            " describe those classes only (a split stored in class order, as image folders are, puts"
+            " one class first); use a larger --shift-samples or leave it out"]  # fmt: skip
+
+
 def _by_severity(records: Sequence[dict[str, Any]], metric: str, scalings: dict[str, str]) -> tuple[
     dict[str, dict[int, list[float]]], dict[str, float]
 ]:  # fmt: skip
@@ -133,22 +146,23 @@ class ShiftAnalysis:
         if "frost" in corruptions:
             ctx.shifted_sets.frost_dir()  # the photographs' one-line error before any set is made
         records = shift_records(ctx, corruptions, severities, args.shift_samples)
-        rows = summarise(records)
-        n = records[0]["num_images"]
-        label, checkpoint = ctx.calibration.label(), ctx.run.checkpoint
+        rows, n, label = summarise(records), records[0]["num_images"], ctx.calibration.label()
         where = f"{ctx.dataset} test, {n} images per set"
         title = (f"Calibration under shift: {where} ({len(corruptions)} corruptions x {len(severities)}"
-                 f" severities, seed {SEED}), {checkpoint}")  # fmt: skip
+                 f" severities, seed {SEED}), {ctx.run.checkpoint}")  # fmt: skip
+        notes = coverage_notes(ctx, n)
         record = {"checkpoint": str(ctx.run.checkpoint), "dataset": ctx.dataset, "split": "test",
                   "samples_per_set": n, "seed": SEED, "corruptions": list(corruptions),
                   "severities": list(severities), "bins": int(ctx.run.model.hparams.calibration_bins),
                   "temperature": ctx.calibration.temperature, "calibration_method": ctx.calibration.method,
-                  "calibration_label": label, "records": records, "summary": rows}  # fmt: skip
-        markdown = markdown_report(records, rows, title, label).encode()
+                  "calibration_label": label, "notes": notes, "records": records,
+                  "summary": rows}  # fmt: skip
+        markdown = markdown_report(records, rows, title, label)
+        markdown += "".join(f"\nnote: {note}\n" for note in notes)
         files = [atomic_write_json(out_dir / "shift.json", record),
-                 atomic_write_bytes(out_dir / "shift.md", markdown)]  # fmt: skip
-        files += write_figures(ctx, records, corruptions, out_dir, f"{where}, {checkpoint.name}")  # fmt: skip
-        return AnalysisResult(self.name, files, text_table(rows, title, label), record)
-
+                 atomic_write_bytes(out_dir / "shift.md", markdown.encode())]  # fmt: skip
+        files += write_figures(ctx, records, corruptions, out_dir, f"{where}, {ctx.run.checkpoint.name}")
+        table = "\n".join([text_table(rows, title, label), *(f"note: {note}" for note in notes)])
+        return AnalysisResult(self.name, files, table, record)
 
 ANALYSIS = ShiftAnalysis()

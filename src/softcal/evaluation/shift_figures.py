@@ -65,8 +65,8 @@ def severity_boxes(values: Mapping[str, Mapping[int, Sequence[float]]], clean: M
     ax.legend(handles=[Patch(facecolor=COLOURS[i % len(COLOURS)], alpha=0.75, label=scaling)
                        for i, scaling in enumerate(scalings)], loc="best", fontsize=9)  # fmt: skip
     count = max((len(v) for per in values.values() for v in per.values()), default=0)
-    ax.set_title(f"{title}\nboxes: quartiles over the {count} corruptions, line: median, whiskers: min"
-                 " and max; diamonds: clean test images", fontsize=9)  # fmt: skip
+    ax.set_title(f"{title}\nboxes: quartiles over {count} corruptions, line: median, whiskers: min to"
+                 " max; diamonds: clean", fontsize=9)  # fmt: skip
     fig.tight_layout()
     return fig
 
