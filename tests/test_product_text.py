@@ -45,15 +45,7 @@ def findings(text: str) -> list[str]:
     return found
 
 
-def _case(path: Path) -> object:
-    rel = path.relative_to(REPO).as_posix()
-    if rel == "README.md":  # checked, and expected to fail until its rewrite lands
-        rewrite = pytest.mark.xfail(strict=True, reason="README is being rewritten")
-        return pytest.param(path, id=rel, marks=rewrite)
-    return pytest.param(path, id=rel)
-
-
-@pytest.mark.parametrize("path", [_case(p) for p in product_files()])
+@pytest.mark.parametrize("path", product_files(), ids=lambda p: p.relative_to(REPO).as_posix())
 def test_no_history_or_machine_words(path: Path) -> None:
     found = findings(path.read_text(encoding="utf-8"))
     assert not found, f"{path.relative_to(REPO)}: history or machine words\n" + "\n".join(found)
