@@ -36,5 +36,5 @@ def test_the_tested_versions_are_the_caps_in_pyproject():
 
 def test_the_readme_is_a_front_door_of_at_most_250_lines():
     """The README says what softcal is and how to use it; the details live in docs/."""
-    lines = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8").splitlines()
+    lines = (REPO / "README.md").read_text(encoding="utf-8").splitlines()
     assert len(lines) <= 250, f"README.md has {len(lines)} lines; move detail to docs/"
