@@ -308,3 +308,32 @@ def test_real_mnist_sets_cover_at_every_alpha(mnist_run: Path, tmp_path: Path):
     assert lac[0.1, "calibrated"]["mean_set_size"] < lac[0.01, "calibrated"]["mean_set_size"]
     ctx = EvaluationContext.open(mnist_run)
     check_against_numpy(records, ctx.logits("val"), ctx.logits("test"), ctx.calibration)
+
+
+def test_with_shift_the_clean_predictors_are_scored_on_every_corrupted_set(tiny_run: Path, tmp_path: Path):
+    """--conformal --shift: the predictors fitted on the clean validation split, applied to each
+    corrupted set; LAC's coverage per set equals numpy's LAC on that set's probabilities."""
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        main([str(tiny_run), "--conformal", "--alpha", "0.1", "--shift", "gaussian_noise,contrast",
+              "--shift-severities", "1,5", "--shift-samples", "40", "--out", str(tmp_path)])  # fmt: skip
+    shifted = json.loads((tmp_path / "conformal.json").read_text())["conformal_shift"]
+    assert len(shifted) == 5 * 2 * 2  # methods x kinds x severities, one alpha
+    assert "Coverage under shift" in printed.getvalue()
+    ctx = EvaluationContext.open(tiny_run)
+    val = ctx.logits("val")
+    for record in shifted:
+        values = list(record["by_corruption"].values())
+        assert sorted(record["by_corruption"]) == ["contrast", "gaussian_noise"]
+        assert record["mean_coverage"] == pytest.approx(sum(values) / 2)
+        assert record["min_coverage"] == min(values)
+        if record["method"] != "lac":
+            continue
+        calibrated = record["probabilities"] == "calibrated"
+        with torch.no_grad():
+            p_val = ctx.calibration.probabilities(val.logits, calibrated=calibrated).double().numpy()
+        for corruption, coverage in record["by_corruption"].items():
+            test = ctx.shifted_logits(corruption, record["severity"], 40)
+            with torch.no_grad():
+                p_test = ctx.calibration.probabilities(test.logits, calibrated=calibrated).double().numpy()
+            sets, _ = np_sets("lac", 0.1, p_val, val.labels.numpy(), p_test)
+            assert coverage == pytest.approx(np_report(sets, test.labels.numpy())["coverage"], abs=1e-12)

@@ -14,6 +14,8 @@ seed :data:`SEED`: a re-run gives the same numbers.
 Files: ``conformal.json`` (one record per method, alpha and probabilities: coverage, set sizes,
 coverage by set size and per class, the threshold(s)), ``conformal.md`` (one table per alpha,
 also printed) and figures under ``conformal/`` (:mod:`softcal.evaluation.conformal_figures`).
+With ``--shift``, the coverage of the same predictors on every corrupted set
+(:mod:`softcal.evaluation.conformal_shift`): ``conformal_shift`` in the JSON, a table per alpha.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import torch
 from softcal.conformal import METHODS, ConformalPredictor, coverage_report, fit_conformal, parse_alphas
 from softcal.conformal.quantile import min_calibration_size
 from softcal.errors import SoftcalError
+from softcal.evaluation.conformal_shift import shift_coverage, shift_table
 from softcal.evaluation.context import EvaluationContext
 from softcal.evaluation.results import AnalysisResult, SplitLogits
 from softcal.runs.run_dirs import atomic_write_bytes, atomic_write_json
@@ -189,7 +192,11 @@ class ConformalSets:
                  "calibration": calibration.describe(), "seed": SEED,
                  "fitted_on": {"split": "val", "num_samples": len(val.labels)},
                  "scored_on": {"split": "test", "num_samples": len(test.labels)}}  # fmt: skip
-        files, record, table = write_conformal(records, sizes, out_dir, title, about)
+        shifted = []
+        if getattr(args, "shift_corruptions", None):  # --shift: the same predictors on each set
+            val_probs = {kind: pair[0] for kind, pair in probs.items()}
+            shifted = shift_coverage(ctx, args, val_probs, val.labels, SEED)
+        files, record, table = write_conformal(records, sizes, out_dir, title, about, shifted)
         return AnalysisResult(self.name, files, table, record)
 
 
@@ -206,13 +213,19 @@ def _indices(split: SplitLogits) -> list[str]:
 
 
 def write_conformal(records: list[dict[str, Any]], sizes: list[torch.Tensor], out_dir: Path, title: str,
-                    about: dict[str, Any]) -> tuple[list[Path], dict[str, Any], str]:  # fmt: skip
-    """conformal.json, conformal.md and the figures; (files, record, printed table)."""
+                    about: dict[str, Any], shifted: Sequence[dict[str, Any]] = ()) -> tuple[
+    list[Path], dict[str, Any], str
+]:  # fmt: skip
+    """conformal.json, conformal.md and the figures; (files, record, printed table). With
+    ``shifted`` records (``--shift``), their section ``conformal_shift`` and its table too."""
     from softcal.evaluation import conformal_figures  # matplotlib only when files are written
 
     record = {**about, "methods": list(METHODS), "alphas": list(dict.fromkeys(r["alpha"] for r in records)),
               "records": records}  # fmt: skip
     table = markdown_tables(records, title)
+    if shifted:
+        record["conformal_shift"] = list(shifted)
+        table = f"{table.rstrip()}\n\n{shift_table(shifted)}"
     files = [atomic_write_json(out_dir / "conformal.json", record),
              atomic_write_bytes(out_dir / "conformal.md", table.encode())]  # fmt: skip
     files += conformal_figures.write_figures(records, sizes, out_dir / "conformal", about)
