@@ -8,6 +8,8 @@ from typing import Any
 
 import yaml
 
+from softcal.config_files import config_chain
+
 
 def parse_spec(spec: str) -> tuple[str, list[Path]]:
     """``configs/cifar10.yaml+configs/cifar10_quick.yaml`` -> ``("cifar10_quick", [both])``.
@@ -27,11 +29,17 @@ def config_args(configs: Sequence[Path], shown: Any = str) -> list[str]:
 
 
 def merged(configs: Sequence[Path]) -> dict[str, Any]:
-    """The configs merged as repeated ``--config`` merges them: later files win key by key, and
-    an overlay that names another ``class_path`` replaces that whole entry."""
+    """The configs merged as repeated ``--config`` merges them: each preceded by the bases its
+    ``# base:`` line names (once), later files win key by key, and an overlay that names another
+    ``class_path`` replaces that whole entry."""
     result: dict[str, Any] = {}
+    applied: list[Path] = []
     for config in configs:
-        result = _merge(result, yaml.safe_load(Path(config).read_text()) or {})
+        for part in config_chain(Path(config)):
+            if part.resolve() in applied:  # a base an earlier --config already brought
+                continue
+            applied.append(part.resolve())
+            result = _merge(result, yaml.safe_load(part.read_text()) or {})
     return result
 
 
