@@ -95,3 +95,20 @@ def tiny_run(mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 # The benchmark package lives outside the installed one (benchmarks/); its tests import it.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+
+@pytest.fixture
+def counted_passes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of images of every ``trainer.test`` evaluation runs, in order."""
+    from softcal.evaluation import passes
+
+    sizes: list[int] = []
+    real = passes.run_test
+
+    def counting(run, datamodule, callbacks):
+        metrics = real(run, datamodule, callbacks)
+        sizes.append(len(datamodule.splits["test"][1]))  # set up by the pass itself
+        return metrics
+
+    monkeypatch.setattr(passes, "run_test", counting)
+    return sizes

@@ -20,7 +20,6 @@ from sklearn.metrics import roc_auc_score
 
 from softcal.apps.evaluate import main, parse_args
 from softcal.errors import SoftcalError
-from softcal.evaluation import passes
 from softcal.evaluation.context import EvaluationContext
 from softcal.evaluation.ensemble import EnsembleContext, check_members
 from softcal.evaluation.ood_sets import noise_images
@@ -203,16 +202,8 @@ def test_an_ensemble_of_a_run_with_itself_is_that_run(tiny_run: Path):
 
 
 def test_the_members_passes_are_made_once(members: tuple[Path, Path], tmp_path: Path,
-                                          monkeypatch: pytest.MonkeyPatch):  # fmt: skip
-    sizes: list[int] = []
-    real = passes.run_test
-
-    def counting(run, datamodule, callbacks):
-        metrics = real(run, datamodule, callbacks)
-        sizes.append(len(datamodule.splits["test"][1]))
-        return metrics
-
-    monkeypatch.setattr(passes, "run_test", counting)
+                                          counted_passes: list[int]):  # fmt: skip
+    sizes = counted_passes
     main([*map(str, members), "--ensemble", "--out", str(tmp_path), "--ood", "gaussian-noise",
           "--shift", "contrast", "--shift-severities", "2", "--shift-samples", "30"])  # fmt: skip
     # two test passes, two validation passes (the ensemble's T), each member's OOD set and

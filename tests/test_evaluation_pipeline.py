@@ -11,26 +11,11 @@ import pytest
 import torch
 
 from softcal.apps.evaluate import main
-from softcal.evaluation import analyses, passes
+from softcal.evaluation import analyses
 from softcal.evaluation.analysis import EveryEvaluation
 from softcal.evaluation.context import EvaluationContext
 from softcal.evaluation.results import AnalysisResult
 from softcal.runs.load import load_run
-
-
-@pytest.fixture
-def counted_passes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The number of images of every ``trainer.test`` evaluation runs, in order."""
-    sizes: list[int] = []
-    real = passes.run_test
-
-    def counting(run, datamodule, callbacks):
-        metrics = real(run, datamodule, callbacks)
-        sizes.append(len(datamodule.splits["test"][1]))  # set up by the pass itself
-        return metrics
-
-    monkeypatch.setattr(passes, "run_test", counting)
-    return sizes
 
 
 def test_each_split_goes_through_the_net_once(tiny_run: Path, counted_passes: list[int]):

@@ -20,7 +20,7 @@ from PIL import Image
 
 from softcal.apps.evaluate import main, parse_args
 from softcal.errors import DataError, SoftcalError
-from softcal.evaluation import passes, shifted_sets
+from softcal.evaluation import shifted_sets
 from softcal.evaluation.context import EvaluationContext
 from softcal.evaluation.shifted_sets import ShiftedSets
 from softcal.runs.load import load_run
@@ -150,19 +150,6 @@ def test_accuracy_falls_with_severity(all_sets):
 
 # ----------------------------------------------------------------------------- a tiny run
 
-
-@pytest.fixture
-def counted_passes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    sizes: list[int] = []
-    real = passes.run_test
-
-    def counting(run, datamodule, callbacks):
-        metrics = real(run, datamodule, callbacks)
-        sizes.append(len(datamodule.splits["test"][1]))
-        return metrics
-
-    monkeypatch.setattr(passes, "run_test", counting)
-    return sizes
 
 
 def test_a_few_sets_of_a_tiny_run(tiny_run: Path, tmp_path: Path, counted_passes: list[int]):
