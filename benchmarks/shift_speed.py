@@ -3,6 +3,7 @@ corruptions of softcal.shift) against inference (the set's pass through the net)
 
     python benchmarks/shift_speed.py runs/cifar10/version_0   # data under $SOFTCAL_DATA_ROOT
     ... --shift-samples 200    # a quick check: the first 200 test images of each set
+    ... --out evals/shift      # keep shift.json, shift.md and the figures too
 
 It runs the shift analysis (``softcal.evaluation.shift``) on the run exactly as evaluate does -
 the options parsed by evaluate's own parser, the same context - into a temporary folder, after
@@ -54,16 +55,19 @@ def commit() -> str:
     return head + (" (with uncommitted changes)" if dirty else "")
 
 
-def measure(run: str, shift_args: list[str]) -> dict:
-    """The test pass, then the shift analysis; every timing."""
+def measure(run: str, shift_args: list[str], keep: Path | None = None) -> dict:
+    """The test pass, then the shift analysis; every timing. The analysis's files go to
+    ``keep`` when given (the same files evaluate writes), else to a folder removed after."""
     args, overrides = evaluate_args([run, *shift_args])
     start = time.perf_counter()
     ctx = EvaluationContext.open(run, "test", overrides)
     ctx.evaluation()
     test_s = time.perf_counter() - start
-    with tempfile.TemporaryDirectory() as out:
+    with tempfile.TemporaryDirectory() as scratch:
+        out = Path(keep or scratch)
+        out.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
-        result = ANALYSIS.run(ctx, Path(out), args)
+        result = ANALYSIS.run(ctx, out, args)
         total_s = time.perf_counter() - start
     generation, inference = ctx.shifted_sets.seconds, ctx.shift_seconds
     sets = [(key, generation.get(key, 0.0), inference[key]) for key in inference]
@@ -122,11 +126,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--doc", type=Path, default=REPO / "docs" / "benchmarks.md",
                         help="the markdown file whose shift-speed section is replaced")  # fmt: skip
     parser.add_argument("--no-doc", action="store_true", help="print only")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="keep the analysis's files (shift.json, shift.md, figures) in this folder")  # fmt: skip
     args = parser.parse_args(argv)
     shift_args = ["--shift", args.shift, "--shift-severities", args.shift_severities]
     shift_args += ["--shift-samples", str(args.shift_samples)] if args.shift_samples else []
     load_before = load_average()
-    found = measure(args.run, shift_args)
+    found = measure(args.run, shift_args, args.out)
     lines, totals = report(found)
     print("\n".join([found["table"] or "", "", *lines]))
     if not args.no_doc:

@@ -7,6 +7,7 @@ import signal
 from collections.abc import Callable, Iterable
 
 import lightning as L
+import pytest
 import torch
 from torch import nn
 
@@ -146,3 +147,12 @@ def stored_method(state_dict: dict) -> str | None:
     """The calibration method a checkpoint's state_dict stores (None: nothing fitted)."""
     calibrator = state_dict[CALIBRATION_KEY]["calibrator"]
     return None if calibrator is None else calibrator["method"]
+
+
+def slow_when(values: Iterable, slow: Iterable) -> list:
+    """Parametrize values with those in ``slow`` marked slow: the quick loop (``-m "not slow"``)
+    keeps the cheap cases of a test and the full suite runs them all (matrix scaling's fit, for
+    one, takes seconds where the other calibrators take milliseconds)."""
+    slow = set(slow)
+    return [pytest.param(*(v if isinstance(v, tuple) else (v,)), marks=pytest.mark.slow) if v in slow else v
+            for v in values]  # fmt: skip

@@ -119,6 +119,7 @@ def evaluated(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
             "val": ctx.logits("val"), "test": ctx.logits("test"), "calibration": ctx.calibration}  # fmt: skip
 
 
+@pytest.mark.slow
 def test_every_method_alpha_and_kind_has_a_record_and_the_files_exist(evaluated):
     record, out = evaluated["record"], evaluated["out"]
     keys = [(r["alpha"], r["method"], r["probabilities"]) for r in record["records"]]
@@ -169,11 +170,13 @@ def check_against_numpy(records: list[dict], val, test, calibration) -> None:
                     assert got[key] == value, (method, alpha, kind, key)
 
 
+@pytest.mark.slow
 def test_lac_aps_and_classwise_records_equal_a_numpy_recomputation(evaluated):
     check_against_numpy(evaluated["record"]["records"], evaluated["val"], evaluated["test"],
                         evaluated["calibration"])  # fmt: skip
 
 
+@pytest.mark.slow
 def test_a_rerun_gives_the_same_numbers(tiny_run: Path, evaluated, tmp_path: Path):
     """The randomised methods draw from a fixed seed: evaluate twice, the same conformal.json."""
     main([str(tiny_run), "--conformal", "--out", str(tmp_path)])
@@ -195,6 +198,7 @@ class EnsembleLikeContext:
         return self._evaluation
 
 
+@pytest.mark.slow
 def test_the_analysis_needs_only_the_context_interface(tiny_run: Path, evaluated, tmp_path: Path):
     args = argparse.Namespace(conformal=True, alpha=None, split="test")
     ANALYSIS.check(args)
@@ -230,6 +234,7 @@ def test_bad_conformal_options_are_one_line_before_any_checkpoint_is_read(tmp_pa
     )
 
 
+@pytest.mark.slow
 def test_a_validation_split_too_small_for_alpha_is_one_line(tiny_run: Path, tmp_path: Path):
     # the tiny run holds out 100 validation images: alpha 0.01 needs 99, alpha 0.005 needs 199
     assert _error([str(tiny_run), "--conformal", "--alpha", "0.1,0.005", "--out", str(tmp_path)]) == (
@@ -240,6 +245,7 @@ def test_a_validation_split_too_small_for_alpha_is_one_line(tiny_run: Path, tmp_
     assert not (tmp_path / "conformal.json").exists()
 
 
+@pytest.mark.slow
 def test_classes_with_too_few_validation_images_are_named_in_the_table(evaluated):
     """At alpha 0.01 class-conditional LAC needs 99 images per class: the tiny run has ~10, so
     every class gets +inf (in every set) - recorded and said, not hidden."""
@@ -310,6 +316,7 @@ def test_real_mnist_sets_cover_at_every_alpha(mnist_run: Path, tmp_path: Path):
     check_against_numpy(records, ctx.logits("val"), ctx.logits("test"), ctx.calibration)
 
 
+@pytest.mark.slow
 def test_with_shift_the_clean_predictors_are_scored_on_every_corrupted_set(tiny_run: Path, tmp_path: Path):
     """--conformal --shift: the predictors fitted on the clean validation split, applied to each
     corrupted set; LAC's coverage per set equals numpy's LAC on that set's probabilities."""

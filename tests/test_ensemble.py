@@ -124,6 +124,7 @@ def _saved(out: Path, name: str) -> dict:
     return json.loads((out / "ensemble" / name).read_text())
 
 
+@pytest.mark.slow
 def test_raw_probabilities_are_the_members_mean(ensembled, members: tuple[Path, Path]):
     out, evaluations, printed, *_, probs, labels = ensembled
     metrics = _saved(out, "metrics.json")["metrics"]
@@ -141,6 +142,7 @@ def test_raw_probabilities_are_the_members_mean(ensembled, members: tuple[Path, 
     assert f"to {out}/ensemble (the ensemble of 2)" in printed
 
 
+@pytest.mark.slow
 def test_temperature_is_an_independent_fit_on_the_common_validation_images(ensembled):
     out, _, _, warned, runs, probs, labels = ensembled
     described = _saved(out, "ensemble.json")
@@ -156,6 +158,7 @@ def test_temperature_is_an_independent_fit_on_the_common_validation_images(ensem
         assert metrics[f"test_calibrated/{name}"] == pytest.approx(value, abs=1e-5), name
 
 
+@pytest.mark.slow
 def test_the_ensemble_goes_through_every_analysis(ensembled):
     out, *_, runs, probs, labels = ensembled
     written = {path.relative_to(out / "ensemble").as_posix() for path in (out / "ensemble").rglob("*")
@@ -201,6 +204,7 @@ def test_an_ensemble_of_a_run_with_itself_is_that_run(tiny_run: Path):
         assert torch.equal(rebuilt.confidences[stage].correct, alone.confidences[stage].correct)
 
 
+@pytest.mark.slow
 def test_the_members_passes_are_made_once(members: tuple[Path, Path], tmp_path: Path,
                                           counted_passes: list[int]):  # fmt: skip
     sizes = counted_passes
@@ -244,6 +248,7 @@ def test_an_ensemble_of_one_run_is_refused_before_loading():
     assert str(caught.value) == "--ensemble needs at least two runs to average, got one; pass RUN1 RUN2 ..."
 
 
+@pytest.mark.slow
 def test_members_of_other_data_or_classes_are_refused(tiny_run: Path, tmp_path: Path):
     fashion_root = tmp_path / "fashion"
     write_idx_dataset(fashion_root, "FashionMNIST")
@@ -266,6 +271,7 @@ def test_members_of_other_data_or_classes_are_refused(tiny_run: Path, tmp_path: 
     )
 
 
+@pytest.mark.slow
 def test_members_tested_on_other_images_are_refused(tiny_run: Path, members: tuple[Path, Path],
                                                     tmp_path: Path):  # fmt: skip
     """The same dataset and classes, other files: another MNIST-format folder."""

@@ -62,6 +62,7 @@ def test_validation_split_scores_what_checkpointing_saw(tiny_run: Path, tmp_path
     assert saved["num_samples"] == 100  # val_size of the tiny run
 
 
+@pytest.mark.slow
 def test_best_and_last_checkpoint_in_one_table(tiny_run: Path, tmp_path: Path, capsys):
     last = tiny_run / "checkpoints" / "last.ckpt"
     best, final = main([str(tiny_run), str(last), "--out", str(tmp_path)])

@@ -136,6 +136,7 @@ def compared(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory):
     return out, calls, evaluation
 
 
+@pytest.mark.slow
 def test_split_logits_are_the_logits_evaluate_scores(tiny_run: Path, logits, compared):
     out, _, evaluation = compared
     saved = json.loads((out / "metrics.json").read_text())["metrics"]
@@ -177,6 +178,7 @@ def test_validation_logits_are_a_forward_pass_over_held_out_training_images(tiny
     assert len(trained_on) + len(images) == len(train_file)
 
 
+@pytest.mark.slow
 def test_calibrators_are_fitted_on_validation_only(logits, compared):
     _, calls, _ = compared
     (val_logits, val_labels), (test_logits, _) = logits["val"], logits["test"]
@@ -189,6 +191,7 @@ def test_calibrators_are_fitted_on_validation_only(logits, compared):
         assert torch.equal(x, test_logits), method
 
 
+@pytest.mark.slow
 def test_calibrator_table_equals_a_numpy_recomputation(logits, compared):
     out, calls, evaluation = compared
     saved = json.loads((out / "calibrators.json").read_text())
@@ -214,6 +217,7 @@ def test_calibrator_table_equals_a_numpy_recomputation(logits, compared):
         assert rows["uncalibrated"]["metrics"][name] == pytest.approx(expected, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_calibrator_files_and_printed_table(compared, capsys):
     out, calls, _ = compared
     markdown = (out / "calibrators.md").read_text()
@@ -230,6 +234,7 @@ def test_calibrator_files_and_printed_table(compared, capsys):
             assert image.format == "PNG" and min(image.size) >= 300
 
 
+@pytest.mark.slow
 def test_selective_json_equals_a_numpy_recomputation(tiny_run: Path, logits, compared):
     out, _, evaluation = compared
     saved = json.loads((out / "selective.json").read_text())
@@ -252,6 +257,7 @@ def test_selective_json_equals_a_numpy_recomputation(tiny_run: Path, logits, com
         assert image.format == "PNG"
 
 
+@pytest.mark.slow
 def test_printed_tables(tiny_run: Path, tmp_path: Path, capsys):
     main([str(tiny_run), "--calibrators", "temperature,histogram", "--out", str(tmp_path)])
     printed = capsys.readouterr().out
@@ -454,6 +460,7 @@ def expected_probabilities(val, test, fitted: dict) -> dict[str, np.ndarray]:
     return expected
 
 
+@pytest.mark.slow
 def test_compare_calibrators_on_miscalibrated_logits_equals_independent_fits():
     from softcal.calibration.affine_fit import LAMBDA_GRID
 

@@ -36,6 +36,7 @@ def test_each_split_goes_through_the_net_once(tiny_run: Path, counted_passes: li
     assert torch.equal(on_val.logits("val").labels, val.labels) and counted_passes == [200, 100, 100]
 
 
+@pytest.mark.slow
 def test_evaluate_makes_one_pass_per_split_and_set(tiny_run: Path, tmp_path: Path, counted_passes: list[int]):
     main([str(tiny_run), "--out", str(tmp_path), "--calibrators", "temperature",
           "--ood", "uniform-noise", "--ood", "gaussian-noise", "--conformal"])  # fmt: skip
@@ -85,6 +86,7 @@ class _Echo(EveryEvaluation):
         return AnalysisResult(self.name, [path], "echo: " + " ".join(args.echo_words), {})
 
 
+@pytest.mark.slow
 def test_a_new_analysis_plugs_in_with_one_line(tiny_run: Path, tmp_path: Path, capsys,
                                                monkeypatch: pytest.MonkeyPatch):  # fmt: skip
     monkeypatch.setattr(analyses, "ANALYSES", (*analyses.ANALYSES, _Echo()))

@@ -23,6 +23,7 @@ def measured(images: torch.Tensor) -> tuple[list[float], list[float]]:
     return [round(float(m), 4) for m in mean], [round(float(s), 4) for s in std]
 
 
+@pytest.mark.slow
 def test_the_template_trains_on_a_folder_with_its_own_statistics(tmp_path: Path):
     from softcal.apps.train import main as train
     from softcal.runs.load import load_run

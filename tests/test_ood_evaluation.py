@@ -30,6 +30,7 @@ from softcal.evaluation.ood_sets import (
 from softcal.runs.load import load_run
 from softcal.uncertainty.ood import SCORES
 from tests.conftest import run_script
+from tests.helpers import slow_when
 from tests.synthetic_data import write_idx_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,6 +112,7 @@ def detected(tiny_run: Path, image_folder: Path, fashion_config: Path, tmp_path_
     return out, json.loads((out / "ood.json").read_text()), run, logits_in, evaluation
 
 
+@pytest.mark.slow
 def test_noise_sets_equal_a_sklearn_recomputation(detected):
     out, saved, run, logits_in, _ = detected
     assert saved["in_distribution"] == {"dataset": "MNIST", "split": "test", "num_images": 200}
@@ -129,6 +131,7 @@ def test_noise_sets_equal_a_sklearn_recomputation(detected):
         check_set(record, logits_in, plain_logits(run, images), t)
 
 
+@pytest.mark.slow
 def test_image_folder_is_converted_and_scored(detected, image_folder: Path):
     out, saved, run, logits_in, _ = detected
     record = saved["sets"][2]
@@ -146,6 +149,7 @@ def test_image_folder_is_converted_and_scored(detected, image_folder: Path):
     check_set(record, logits_in, plain_logits(run, np.stack(decoded)), run.calibration.temperature)
 
 
+@pytest.mark.slow
 def test_datamodule_config_test_split_is_scored(detected, fashion_config: Path):
     out, saved, run, logits_in, _ = detected
     record = saved["sets"][3]
@@ -155,6 +159,7 @@ def test_datamodule_config_test_split_is_scored(detected, fashion_config: Path):
     check_set(record, logits_in, plain_logits(run, images.copy()), run.calibration.temperature)
 
 
+@pytest.mark.slow
 def test_ood_files_and_tables(detected):
     out, saved, _, _, evaluation = detected
     markdown = (out / "ood.md").read_text()
@@ -168,6 +173,7 @@ def test_ood_files_and_tables(detected):
     assert out / "ood.json" in evaluation.files
 
 
+@pytest.mark.slow
 def test_printed_table_says_what_was_converted(tiny_run: Path, image_folder: Path, tmp_path: Path, capsys):
     main([str(tiny_run), "--out", str(tmp_path), "--ood", str(image_folder / "test")])
     printed = capsys.readouterr().out
@@ -207,7 +213,7 @@ def _seeded_logits() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Te
     return val, labels, logits_in, 3 * torch.randn((120, 5), generator=generator)
 
 
-@pytest.mark.parametrize("method", ["vector", "matrix", "histogram", "isotonic"])
+@pytest.mark.parametrize("method", slow_when(["vector", "matrix", "histogram", "isotonic"], ["matrix"]))
 def test_calibrated_rows_use_the_stored_calibrator(method: str):
     """With a stored calibrator other than T, the "calibrated" rows are that calibrator's: msp
     and entropy of its probabilities, max_logit and energy of its calibrated logits - and for

@@ -23,7 +23,7 @@ from softcal.evaluation.passes import evaluation_trainer
 from softcal.runs.load import load_run
 from softcal.runs.run_dirs import best_checkpoint
 from tests.conftest import REPO, TINY, run_script
-from tests.helpers import CALIBRATION_KEY, stored_temperature
+from tests.helpers import CALIBRATION_KEY, slow_when, stored_temperature
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +113,7 @@ def test_grayscale_predictions_equal_lightning_test(tiny_run, image_files, capsy
         assert top[0]["probability"] >= top[1]["probability"] >= top[2]["probability"]
 
 
+@pytest.mark.slow
 def test_colour_predictions_equal_lightning_test(colour_run, image_folder, capsys):
     report, err = _predict_json(["--ckpt", str(colour_run), str(image_folder / "test")], capsys)
     assert "warning" not in err and report["classes"] == ["circle", "square", "triangle"]
@@ -227,7 +228,8 @@ def test_no_fitted_temperature_is_said_plainly(tiny_run, image_files, tmp_path, 
 
 
 @pytest.mark.filterwarnings("ignore:.*torch.jit.load. is deprecated")
-@pytest.mark.parametrize("run_name,fmt", [("tiny_run", "torchscript"), ("colour_run", "onnx")])
+@pytest.mark.parametrize("run_name,fmt", slow_when([("tiny_run", "torchscript"), ("colour_run", "onnx")],
+                                                   [("colour_run", "onnx")]))
 def test_export_matches_torch_at_any_batch_size(run_name, fmt, request, tmp_path, capsys):
     run_dir = request.getfixturevalue(run_name)
     out = export_main(["--ckpt", str(run_dir), "--format", fmt, "--out", str(tmp_path / "model")])

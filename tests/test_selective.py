@@ -421,6 +421,7 @@ def _count_calls(obj, name: str) -> list[int]:
     return calls
 
 
+@pytest.mark.slow
 def test_test_stages_log_selective_metrics_and_the_figure_draws_the_curve(mnist_root, tmp_path):
     import lightning as L
     from lightning.pytorch.loggers import TensorBoardLogger

@@ -152,6 +152,7 @@ def test_accuracy_falls_with_severity(all_sets):
 
 
 
+@pytest.mark.slow
 def test_a_few_sets_of_a_tiny_run(tiny_run: Path, tmp_path: Path, counted_passes: list[int]):
     (evaluation,) = main([str(tiny_run), "--shift", "contrast,fog", "--shift-severities", "5,2",
                           "--shift-samples", "50", "--out", str(tmp_path)])  # fmt: skip
@@ -169,6 +170,7 @@ def test_a_few_sets_of_a_tiny_run(tiny_run: Path, tmp_path: Path, counted_passes
     check_record(saved["records"][3], plain_logits(run, fog), labels[:50].numpy(), saved["temperature"])
 
 
+@pytest.mark.slow
 def test_a_subset_missing_classes_is_said_plainly(tiny_run: Path, tmp_path: Path, capsys):
     (evaluation,) = main([str(tiny_run), "--shift", "contrast", "--shift-severities", "1", "--shift-samples",
                           "3", "--out", str(tmp_path)])  # fmt: skip

@@ -123,6 +123,7 @@ def test_a_calibrator_without_calibration_is_one_line(tmp_path):
     assert not any(tmp_path.iterdir()), "refused before any run directory was made"
 
 
+@pytest.mark.slow
 def test_the_stored_calibrator_computes_in_float32_under_bf16_autocast():
     """Lightning runs test_step under autocast with bf16-mixed (configs/cifar10.yaml): the
     calibrated metrics must be the float32 numbers predict and export give, not a bf16 matmul's."""
@@ -186,6 +187,7 @@ def test_a_checkpoint_with_the_old_temperature_buffers_loads(tmp_path):
     assert unfitted.calibration.method is None and unfitted.calibration.temperature is None
 
 
+@pytest.mark.slow
 def test_a_checkpoint_with_the_old_calibrator_slot_loads(tmp_path):
     logits, _, matrix = _fitted("matrix")
     fresh = Classifier()
@@ -194,6 +196,7 @@ def test_a_checkpoint_with_the_old_calibrator_slot_loads(tmp_path):
     assert torch.equal(fresh.probabilities(logits), matrix(logits))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["temperature", "vector"])
 def test_a_training_epoch_marks_any_stored_calibrator_stale(method):
     from softcal.calibration.callbacks import FitCalibration

@@ -150,6 +150,7 @@ def test_fast_dev_run_predictions_are_the_calibrated_softmax_of_the_test_split(m
     assert torch.allclose(predictions, torch.softmax(logits / 1.5, 1), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_temperature_is_fitted_at_validation_and_stored_once_in_each_checkpoint(mnist_root, tmp_path):
     results = train(_tiny(mnist_root, tmp_path))
     run_dir = Path(results["run_dir"])
@@ -170,6 +171,7 @@ def test_temperature_is_fitted_at_validation_and_stored_once_in_each_checkpoint(
     assert results["metrics"]["test/nll"] != results["metrics"]["test_calibrated/nll"]
 
 
+@pytest.mark.slow
 def test_calibrate_false_leaves_every_checkpoint_unfitted(mnist_root, tmp_path, capsys):
     results = train(_tiny(mnist_root, tmp_path, "--calibrate", "false"))
     assert results["temperature"] is None
@@ -180,6 +182,7 @@ def test_calibrate_false_leaves_every_checkpoint_unfitted(mnist_root, tmp_path, 
     assert "calibrated (T = 1, not fitted)" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_a_checkpoint_saved_mid_epoch_is_marked_not_fitted(mnist_root, tmp_path):
     """Weights saved between validations have moved since T was fitted: not fitted."""
     with pytest.raises(SystemExit) as stopped:
@@ -195,6 +198,7 @@ def test_a_checkpoint_saved_mid_epoch_is_marked_not_fitted(mnist_root, tmp_path)
     assert stored_method(saved["state_dict"]) is None and stored_temperature(saved["state_dict"]) is None
 
 
+@pytest.mark.slow
 def test_startup_objects_are_frozen_while_training_and_released_after(mnist_root, tmp_path):
     import gc
 

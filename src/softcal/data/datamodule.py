@@ -45,6 +45,7 @@ class ClassificationDataModule(L.LightningDataModule):
         eval_batch_size: int = 1000,
         val_size: float = 5000,
         split_seed: int = 0,
+        val_split_seed: int | None = None,
         crop_padding: int = 0,
         hflip: bool = False,
         crop_pad_mode: Literal["zeros", "reflect"] = "zeros",
@@ -60,8 +61,9 @@ class ClassificationDataModule(L.LightningDataModule):
             eval_batch_size: batch size for validation, test and prediction.
             val_size: images held out of the training set for validation: a count, or a
                 fraction when below 1.
-            split_seed: seed of the train/val split and of the shuffling order (the CLI links
-                it to ``seed_everything``).
+            split_seed: seed of the train/val split and of the shuffling order (linked to
+                ``seed_everything``); ``val_split_seed``, when set, seeds the split alone: an
+                ensemble's members given one value hold out the same validation images.
             crop_padding: random-crop augmentation: pad by this many pixels, crop back (0: off).
             hflip: random horizontal flips (for natural images, not digits).
             crop_pad_mode: what the random crop translates in at the border: "zeros" or
@@ -83,7 +85,7 @@ class ClassificationDataModule(L.LightningDataModule):
         })  # fmt: skip
         self.root = Path(root) if root else default_data_root()
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
-        self.val_size, self.split_seed = val_size, split_seed
+        self.val_size, self.split_seed, self.val_split_seed = val_size, split_seed, val_split_seed
         self.crop_padding, self.hflip = crop_padding, hflip
         if crop_pad_mode not in ("zeros", "reflect"):
             raise DataError(f"data.crop_pad_mode must be 'zeros' or 'reflect', not {crop_pad_mode!r}")
@@ -167,12 +169,16 @@ class ClassificationDataModule(L.LightningDataModule):
         if stage in (None, "fit", "validate") and "train" not in self.splits:
             images, labels = self._checked(*self.read_split(train=True), "training")
             n_val = self._val_count(len(labels))
-            order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.split_seed))
+            order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self._val_split_seed))
             val, train = order[:n_val], order[n_val:]
             self.splits["train"] = (images[train], labels[train])
             self.splits["val"] = (images[val], labels[val])
         if stage in (None, "test", "predict") and "test" not in self.splits:
             self.splits["test"] = self._checked(*self.read_split(train=False), "test")
+
+    @property
+    def _val_split_seed(self) -> int:
+        return self.split_seed if self.val_split_seed is None else self.val_split_seed
 
     def _val_count(self, n: int) -> int:
         n_val = int(round(self.val_size * n)) if self.val_size < 1 else int(self.val_size)
