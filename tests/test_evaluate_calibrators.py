@@ -25,6 +25,7 @@ from softcal.evaluation.context import EvaluationContext
 from softcal.evaluation.results import Confidences
 from softcal.evaluation.selective_prediction import selective_outputs
 from softcal.runs.load import load_run
+from tests.figure_references import assert_curve, assert_reliability
 
 REPO = Path(__file__).resolve().parents[1]
 BINS = 15
@@ -258,6 +259,35 @@ def test_selective_json_equals_a_numpy_recomputation(tiny_run: Path, logits, com
 
 
 @pytest.mark.slow
+def test_figure_data_in_the_json_files_equals_numpy(tiny_run: Path, logits, compared):
+    """The reliability bins and risk-coverage points of training's results.json and evaluate's
+    metrics.json, selective.json and calibrators.json: those of the test split's top-label
+    probabilities, recomputed in numpy (the run's float32 probabilities, checked against a numpy
+    softmax, are binned and ranked: a last-bit difference may move one across a bin edge)."""
+    out, calls, _ = compared
+    saved = {name: json.loads(path.read_text()) for name, path in (
+        ("results", tiny_run / "results.json"), ("metrics", out / "metrics.json"),
+        ("selective", out / "selective.json"), ("calibrators", out / "calibrators.json"))}  # fmt: skip
+    test_logits, test_labels = logits["test"]
+    calibration = EvaluationContext(load_run(tiny_run)).calibration
+    labels = test_labels.numpy()
+    for scaling, t in (("raw", 1.0), ("calibrated", saved["results"]["temperature"])):
+        probs = calibration.probabilities(test_logits, calibrated=scaling == "calibrated").numpy()
+        assert np.allclose(probs, np_softmax(test_logits.numpy(), t), atol=1e-6)
+        for name in ("results", "metrics"):
+            assert_reliability(saved[name]["reliability"]["test"][scaling], probs, labels, BINS)
+        confidence, correct = probs.max(axis=1).astype(np.float64), probs.argmax(axis=1) == labels
+        for name in ("results", "selective"):
+            assert_curve(saved[name]["risk_coverage"]["test"][scaling], confidence, correct)
+    methods = saved["calibrators"]["reliability"]["test"]
+    assert set(methods) == {row["method"] for row in saved["calibrators"]["methods"]}
+    scored = {"uncalibrated": lambda x: torch.softmax(x, dim=1), **calls["calibrators"]}
+    for method, calibrator in scored.items():
+        with torch.no_grad():
+            assert_reliability(methods[method], calibrator(test_logits).float().numpy(), labels, BINS)
+
+
+@pytest.mark.slow
 def test_printed_tables(tiny_run: Path, tmp_path: Path, capsys):
     main([str(tiny_run), "--calibrators", "temperature,histogram", "--out", str(tmp_path)])
     printed = capsys.readouterr().out
@@ -265,7 +295,7 @@ def test_printed_tables(tiny_run: Path, tmp_path: Path, capsys):
     selective = json.loads((tmp_path / "selective.json").read_text())
     aurc = next(line for line in printed.splitlines() if line.startswith("aurc ")).split()
     assert aurc[1:] == [f"{100 * selective[s]['aurc']:.3f}%" for s in ("raw", "calibrated")]
-    lines = printed[printed.index("Post-hoc calibrators"):].splitlines()
+    lines = printed[printed.index("Post-hoc calibrators") :].splitlines()
     assert lines[1].split()[:3] == ["method", "accuracy", "ECE"]
     assert [line.split()[0] for line in lines[3:6]] == ["uncalibrated", "temperature", "histogram"]
     saved = json.loads((tmp_path / "calibrators.json").read_text())

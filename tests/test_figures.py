@@ -10,7 +10,7 @@ import torch
 from matplotlib.colors import to_rgba
 
 from softcal.calibration import figures
-from softcal.calibration.figure_data import reliability_data, risk_coverage_points, zoom_start
+from softcal.calibration.figure_data import reliability_data, risk_coverage_points, thinned, zoom_start
 from softcal.uncertainty.selective import risk_coverage_curve
 
 
@@ -94,8 +94,10 @@ def test_risk_coverage_points_and_the_zoom():
     coverage, risk = risk_coverage_curve(confidence, correct)
     points = risk_coverage_points(coverage, risk, max_points=200)
     json.dumps(points)
-    assert points["num_points"] == n and len(points["coverage"]) == 200
+    assert points["num_points"] == n and 190 <= len(points["coverage"]) <= 200
     assert points["coverage"][0] == pytest.approx(1 / n) and points["coverage"][-1] == 1.0
+    # half the budget where the zoomed panel draws: 100 of the curve's 101 points from 0.99 on
+    assert sum(c >= 0.99 for c in points["coverage"]) == 100
     assert points["risk"][-1] == pytest.approx(81 / n) == points["error_rate"]
     assert points["zoom_from"] == 0.99 == zoom_start(coverage, risk)
     fig = figures.risk_coverage_figure({"raw": (coverage, risk)}, "Risk-coverage, test")
@@ -107,3 +109,26 @@ def test_risk_coverage_points_and_the_zoom():
     coverage, risk = risk_coverage_curve(confidence, spread)
     assert zoom_start(coverage, risk) is None
     assert len(figures.risk_coverage_figure({"raw": (coverage, risk)}).axes) == 1
+
+
+@pytest.mark.parametrize("dense_from", [None, 0.9])
+def test_thinning_keeps_exact_points_at_evenly_spaced_coverages(dense_from):
+    """A curve of 5,000 points, a third of them in one group of tied confidences (one point at
+    coverage 0.34): at most 512 kept, each an exact point of the curve, the first and the last
+    among them, and no two neighbours further apart than the targets' spacing unless the curve
+    has no point between them."""
+    n = 7_500
+    ends = np.concatenate([np.arange(1, 2500), np.arange(2550, n + 1)])  # a group of 51 ties
+    coverage = ends / n
+    keep = thinned(coverage, 512, dense_from)
+    assert len(keep) <= 512 and keep[0] == 0 and keep[-1] == len(coverage) - 1
+    assert np.all(np.diff(keep) > 0)  # increasing: the curve's order
+    step = 1 / (512 - 1 if dense_from is None else 256 - 1)
+    # each kept point is the curve's first at or beyond a target: a gap is at most the targets'
+    # spacing plus the curve's own step into that point (1/n, or the 51 ties entering at once)
+    gaps = np.diff(coverage[keep])
+    steps_in = coverage[keep[1:]] - coverage[keep[1:] - 1]
+    assert np.all(gaps <= step + steps_in + 1e-12) and gaps.max() >= 51 / n
+    if dense_from is not None:  # the zoomed range holds half the budget
+        assert np.sum(coverage[keep] >= dense_from) >= 256 - 1
+    assert list(thinned(coverage[:300], 512, dense_from)) == list(range(300))  # short: whole

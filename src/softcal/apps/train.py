@@ -23,6 +23,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from softcal.apps.cli import SoftcalCLI
+from softcal.calibration.callbacks import CalibrationFigures
 from softcal.errors import exit_on_user_error
 from softcal.runs.checkpoints import check_checkpoint_fits, checkpoint_hparams, load_checkpoint
 from softcal.runs.dashboard import finish_dashboard
@@ -119,12 +120,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "calibrator": calibration.summary(),
         "run_dir": str(run_dir) if run_dir else None,
         "metrics": {k: float(v) for k, v in sorted(metrics.items())},
+        **test_figure_data(trainer),
     }
     if trainer.is_global_zero:
         # TensorBoard's HPARAMS and TEXT
         finish_dashboard(trainer, results, report(results, run_dir, calibration.label()), tested_epoch)
     leave_process_group()
     return results
+
+
+def test_figure_data(trainer: Trainer) -> dict[str, Any]:
+    """The numbers of the test pictures (``reliability``, ``risk_coverage``) for results.json;
+    none when the figures are off (``--figures false``: the callback keeps no sums)."""
+    drawn = next((c for c in trainer.callbacks if isinstance(c, CalibrationFigures)), None)
+    return drawn.test_figure_data() if drawn is not None else {}
 
 
 def run_test(trainer: Trainer, model: Any, datamodule: Any, checkpoint: str) -> dict[str, float]:

@@ -19,6 +19,7 @@ from torchmetrics import Metric
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from softcal.calibration.calibrators import METHODS
+from softcal.calibration.figure_data import reliability_json, risk_coverage_json
 from softcal.calibration.metrics import TopLabelBins
 from softcal.uncertainty.selective import aurc, risk_coverage_curve
 from softcal.uncertainty.selective_metrics import TopLabelPairs
@@ -99,6 +100,10 @@ class FitCalibration(_StepOutputs):
             pl_module.log("val/temperature", temperature, sync_dist=False)
 
 
+#: The test stages of the figures, by the scaling of the probabilities they were scored on.
+TEST_STAGES = {"raw": "test", "calibrated": "test_calibrated"}
+
+
 class CalibrationFigures(L.Callback):
     """Reliability diagram, confidence histogram and confusion matrix in TensorBoard, at the
     end of every validation and of testing (raw and, at test, calibrated by the run's method),
@@ -111,7 +116,8 @@ class CalibrationFigures(L.Callback):
     process when drawn. ``finished[stage]`` keeps the last drawn bin sums and ``confusion`` of
     each stage, ``pairs[stage]`` the last test's ``{"confidence": float32, "correct": bool}``
     (``test`` and ``test_calibrated``, in test order per process), for pictures made elsewhere;
-    with no logger nothing is drawn, but both are still filled. ``enabled=False``
+    with no logger nothing is drawn, but both are still filled, and :meth:`test_figure_data`
+    gives the test pictures' numbers for results.json. ``enabled=False``
     (``--figures.enabled false``) makes the callback do nothing: no sums, no pictures.
     """
 
@@ -169,6 +175,25 @@ class CalibrationFigures(L.Callback):
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._draw(trainer, pl_module, ["test", "test_calibrated"])
+
+    def last_test(self) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, dict[str, torch.Tensor]]]:
+        """The last test's bin sums (with ``confusion``) and (confidence, correct) pairs, each
+        keyed "raw" and "calibrated"; empty when nothing was tested. With nothing fitted the
+        calibrated stage was scored on the raw softmax, so its bins are the raw ones."""
+        raw = self.finished.get("test")
+        bins = {} if raw is None else {"raw": raw, "calibrated": self.finished.get("test_calibrated", raw)}
+        pairs = {scaling: self.pairs[stage] for scaling, stage in TEST_STAGES.items() if stage in self.pairs}
+        return bins, pairs
+
+    def test_figure_data(self) -> dict[str, Any]:
+        """The numbers of the last test's pictures for a JSON file: ``reliability`` and
+        ``risk_coverage`` of the test split, raw and calibrated (see
+        :mod:`~softcal.calibration.figure_data`); {} when nothing was tested."""
+        bins, pairs = self.last_test()
+        curves = {scaling: risk_coverage_curve(kept["confidence"], kept["correct"])
+                  for scaling, kept in pairs.items()}  # fmt: skip
+        return {**(reliability_json("test", bins) if bins else {}),
+                **(risk_coverage_json("test", curves) if curves else {})}  # fmt: skip
 
     def _draw(self, trainer: L.Trainer, pl_module: L.LightningModule, stages: list[str]) -> None:
         experiment = getattr(trainer.logger, "experiment", None)

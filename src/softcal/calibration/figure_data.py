@@ -2,13 +2,17 @@
 
 :mod:`softcal.calibration.figures` draws from these functions, so a JSON file written from them
 holds exactly what the picture shows: the reliability diagram's bins (count, accuracy, mean
-confidence, gap) and the risk-coverage curve's points. No matplotlib here: writing the
-numbers does not need a plotting library.
+confidence, gap) and the risk-coverage curve's points. :func:`reliability_json` and
+:func:`risk_coverage_json` shape them into the ``reliability`` and ``risk_coverage`` entries
+of results.json, metrics.json, selective.json and calibrators.json (per split, then per
+scaling), so runs can be drawn again and overlaid. No matplotlib here: writing the numbers
+does not need a plotting library.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -16,6 +20,10 @@ import torch
 
 #: Where a zoomed risk-coverage panel may start: round coverages, widest first.
 ZOOM_STARTS = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999)
+
+#: The most points of one risk-coverage curve a JSON file keeps: a curve has a point per
+#: distinct confidence (10,000 for a 10,000-image test split), its file a few kilobytes.
+MAX_CURVE_POINTS = 512
 
 
 def _numpy(values: Any) -> np.ndarray:
@@ -59,23 +67,65 @@ def reliability_data(count: Any, confidence_sum: Any, correct_sum: Any) -> dict[
     }
 
 
-def risk_coverage_points(coverage: Any, risk: Any, max_points: int = 500) -> dict[str, Any]:
+def risk_coverage_points(coverage: Any, risk: Any, max_points: int = MAX_CURVE_POINTS) -> dict[str, Any]:
     """One risk-coverage curve (as ``risk_coverage_curve`` returns it) as JSON-ready points.
 
-    A curve has a point per distinct confidence (up to one per prediction); at most
-    ``max_points`` are kept, evenly spaced along the curve, the first and the last (full
-    coverage, where risk is the error rate) always among them. ``zoom_from`` is where the
-    figure's zoomed panel starts (None: no zoom drawn).
+    At most ``max_points`` points of the curve are kept, each with its exact coverage and risk
+    (:func:`thinned`); the first and the last (full coverage, where risk is the error rate)
+    are always among them. ``num_points`` is how many the whole curve has, ``zoom_from``
+    where the figure's zoomed panel starts (None: no zoom drawn).
     """
     cov, rsk = _numpy(coverage), _numpy(risk)
-    keep = np.unique(np.round(np.linspace(0, len(cov) - 1, min(max_points, len(cov)))).astype(int))
+    zoom = zoom_start(cov, rsk)
+    keep = thinned(cov, max_points, zoom)
     return {
-        "coverage": cov[keep].tolist() if len(cov) else [],
-        "risk": rsk[keep].tolist() if len(cov) else [],
+        "coverage": cov[keep].tolist(),
+        "risk": rsk[keep].tolist(),
         "num_points": len(cov),
         "error_rate": float(rsk[-1]) if len(rsk) else None,
-        "zoom_from": zoom_start(cov, rsk),
+        "zoom_from": zoom,
     }
+
+
+def thinned(coverage: np.ndarray, max_points: int, dense_from: float | None = None) -> np.ndarray:
+    """Indices of at most ``max_points`` points of a curve whose ``coverage`` increases.
+
+    The rule: target coverages evenly spaced over [0, 1] - half of them over
+    [``dense_from``, 1] instead when the figure zooms in there, so the zoomed panel can be
+    drawn again too - and for each target the first point at or beyond it. Kept points are
+    points of the curve, their values exact, never interpolated; two neighbours are at most
+    the targets' spacing apart in coverage plus the curve's own step into the second (1/n, or
+    a group of tied confidences entering at once). Targets 0 and 1 keep the first and the last
+    point. A curve of ``max_points`` points or fewer is kept whole.
+    """
+    if len(coverage) <= max_points:
+        return np.arange(len(coverage))
+    wide = max_points if dense_from is None else max_points // 2
+    targets = np.linspace(0.0, 1.0, wide)
+    if dense_from is not None:
+        targets = np.concatenate([targets, np.linspace(dense_from, 1.0, max_points - wide)])
+    picked = np.minimum(np.searchsorted(coverage, targets, side="left"), len(coverage) - 1)
+    return np.unique(np.concatenate([[0, len(coverage) - 1], picked]))
+
+
+def reliability_json(split: str, bins: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """``{"reliability": {split: {scaling: reliability_data(...)}}}``, the JSON entry of one
+    split's reliability diagrams: ``bins`` maps each scaling ("raw", "calibrated", a
+    calibrator's name) to its bin sums (other entries, a confusion matrix, are ignored)."""
+    return {"reliability": {split: {
+        scaling: reliability_data(sums["count"], sums["confidence_sum"], sums["correct_sum"])
+        for scaling, sums in bins.items()
+    }}}  # fmt: skip
+
+
+def risk_coverage_json(split: str, curves: Mapping[str, tuple[Any, Any]],
+                       max_points: int = MAX_CURVE_POINTS) -> dict[str, Any]:  # fmt: skip
+    """``{"risk_coverage": {split: {scaling: risk_coverage_points(...)}}}``, the JSON entry of
+    one split's risk-coverage figure: ``curves`` maps each scaling to its (coverage, risk)."""
+    return {"risk_coverage": {split: {
+        scaling: risk_coverage_points(coverage, risk, max_points)
+        for scaling, (coverage, risk) in curves.items()
+    }}}  # fmt: skip
 
 
 def zoom_start(coverage: Any, risk: Any, share: float = 0.1) -> float | None:

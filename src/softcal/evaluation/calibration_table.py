@@ -2,8 +2,9 @@
 
 The numbers are those of the evaluated split's pass (:meth:`EvaluationContext.tested`): the
 metrics ``test_step`` logs, raw and calibrated by the run's stored calibration, which evaluate
-prints as its results table. Files: ``metrics.json``, ``reliability_diagram.png`` (raw softmax),
-``reliability_diagram_calibrated.png`` (the run's calibration) and ``confusion_matrix.png``.
+prints as its results table. Files: ``metrics.json`` (with the diagrams' bins, ``reliability``),
+``reliability_diagram.png`` (raw softmax), ``reliability_diagram_calibrated.png`` (the run's
+calibration) and ``confusion_matrix.png``.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from softcal.calibration.figure_data import reliability_json
 from softcal.evaluation.analysis import EveryEvaluation
 from softcal.evaluation.context import EvaluationContext
 from softcal.evaluation.results import AnalysisResult
@@ -38,6 +40,8 @@ class CalibrationTable(EveryEvaluation):
             # seen once (none dropped, none duplicated by a distributed sampler).
             "num_samples": int(tested.bins["raw"]["count"].sum()),
             "metrics": evaluation.metrics,
+            # the diagrams' numbers, raw and calibrated, so runs can be drawn again and overlaid
+            **reliability_json(evaluation.split, tested.bins),
         }
         files = [atomic_write_json(out_dir / "metrics.json", record)]
         name = evaluation.checkpoint.name

@@ -9,8 +9,8 @@ logits only go through the fitted calibrators' ``forward``. The numbers are comp
 report, so the "uncalibrated" row equals evaluate's raw test metrics and the "temperature" row
 its calibrated ones (up to the refit of T).
 
-Files: ``calibrators.json`` (every number and each fit's description), ``calibrators.md`` (the
-table in markdown) and ``calibrators/reliability_<method>.png``.
+Files: ``calibrators.json`` (every number, each fit's description and each diagram's bins),
+``calibrators.md`` (the table in markdown) and ``calibrators/reliability_<method>.png``.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import torch
 # ALL_METHODS_FOR_COMPARISON: the methods a run can store plus unregularised matrix scaling,
 # shown to make the case for regularisation.
 from softcal.calibration.calibrators import ALL_METHODS_FOR_COMPARISON, make_calibrator
+from softcal.calibration.figure_data import reliability_json
 from softcal.errors import SoftcalError
 from softcal.evaluation.context import EvaluationContext
 from softcal.evaluation.results import AnalysisResult
@@ -141,7 +142,9 @@ def write_comparison(rows: Sequence[MethodScore], out_dir: Path, title: str,
 
     record = {**about, "title": title, "columns": [k for k, _, _ in COLUMNS],
               "methods": [{"method": r.method, "description": r.description, "metrics": r.metrics}
-                          for r in rows]}  # fmt: skip
+                          for r in rows],
+              # each diagram's bins, keyed by method: the scalings compared on the test split
+              **reliability_json("test", {r.method: r.bins for r in rows})}  # fmt: skip
     markdown = markdown_table(rows, title).encode()
     files = [atomic_write_json(out_dir / "calibrators.json", record),
              atomic_write_bytes(out_dir / "calibrators.md", markdown)]  # fmt: skip

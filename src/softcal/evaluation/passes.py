@@ -105,18 +105,14 @@ def split_pass(run: LoadedRun, datamodule: L.LightningDataModule, split: str) ->
     drawn = CalibrationFigures(int(run.model.hparams.calibration_bins))  # no logger: only sums and pairs
     collected = LogitsCollector()
     metrics = run_test(run, datamodule, [drawn, collected])
-    raw = drawn.finished["test"]
-    calibrated = drawn.finished.get("test_calibrated", raw)  # nothing fitted: the raw softmax
-    pairs = {stage: Confidences(found["confidence"], found["correct"])
-             for stage, found in drawn.pairs.items()}  # fmt: skip
+    bins, pairs = drawn.last_test()  # keyed raw and calibrated
     return SplitPass(
         split=split,
         metrics={key_for_split(k, split): float(v) for k, v in sorted(metrics.items())},
         logits=collected.collected(),
-        bins={name: {k: v for k, v in state.items() if k != "confusion"}
-              for name, state in (("raw", raw), ("calibrated", calibrated))},  # fmt: skip
-        confusion=raw["confusion"],
-        confidences={"raw": pairs["test"], "calibrated": pairs["test_calibrated"]},
+        bins={scaling: {k: v for k, v in sums.items() if k != "confusion"} for scaling, sums in bins.items()},
+        confusion=bins["raw"]["confusion"],
+        confidences={scaling: Confidences(**kept) for scaling, kept in pairs.items()},
     )
 
 

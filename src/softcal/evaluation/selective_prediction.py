@@ -1,4 +1,5 @@
-"""Selective prediction of a checkpoint (always): ``selective.json`` and ``risk_coverage.png``.
+"""Selective prediction of a checkpoint (always): ``selective.json`` (with the curves' points,
+``risk_coverage``) and ``risk_coverage.png``.
 
 The (confidence, correct) pairs are those of the evaluated split's pass - the top probability
 of the raw softmax and of the run's stored calibration (``ctx.calibration``, whatever its
@@ -15,6 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from softcal.calibration.figure_data import risk_coverage_json
 from softcal.evaluation.analysis import EveryEvaluation
 from softcal.evaluation.context import EvaluationContext
 from softcal.evaluation.results import AnalysisResult, Confidences
@@ -45,14 +47,15 @@ def selective_outputs(pairs: Mapping[str, Confidences], legends: Mapping[str, st
         confidence, correct = pairs[stage]
         report = selective_report(confidence, correct)  # NaN AUROC (all right or all wrong): null
         reports[stage] = {"label": legends[stage], **{k: None if v != v else v for k, v in report.items()}}
-        curve_name = f"{legends[stage]}, AURC {100 * reports[stage]['aurc']:.3f}%"
-        curves[curve_name] = risk_coverage_curve(confidence, correct)
+        curves[stage] = risk_coverage_curve(confidence, correct)
     n = len(pairs["raw"].confidence)
     checkpoint = Path(about["checkpoint"])
+    # the figure's curves, thinned, so runs can be drawn again and overlaid
     record = {"checkpoint": str(checkpoint), "dataset": about["dataset"], "split": about["split"],
-              "num_samples": n, **reports}  # fmt: skip
+              "num_samples": n, **reports, **risk_coverage_json(about["split"], curves)}  # fmt: skip
     where = f"{about['dataset']} {about['split']} ({n})"
-    fig = figures.risk_coverage_figure(curves, f"Risk-coverage, {where}\n{checkpoint.name}")
+    named = {f"{legends[stage]}, AURC {100 * reports[stage]['aurc']:.3f}%": curves[stage] for stage in curves}
+    fig = figures.risk_coverage_figure(named, f"Risk-coverage, {where}\n{checkpoint.name}")
     files = [atomic_write_json(out_dir / "selective.json", record),
              figures.save_png(fig, out_dir / "risk_coverage.png")]  # fmt: skip
     return files, record
