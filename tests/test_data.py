@@ -95,6 +95,23 @@ def test_split_is_seeded_and_a_partition(mnist_root):
     assert pairs(*a["val"]) != pairs(*c["val"]), "another seed must hold out other images"
 
 
+def test_val_split_seed_seeds_the_split_alone(mnist_root):
+    """Ensemble members trained with other seeds and one val_split_seed hold out the same
+    images; their shuffling still follows their own seed."""
+
+    def module(seed: int, val_split_seed: int | None) -> MNISTDataModule:
+        dm = MNISTDataModule(root=str(mnist_root), val_size=100, batch_size=50, split_seed=seed,
+                             val_split_seed=val_split_seed, download=False)  # fmt: skip
+        dm.setup("fit")
+        return dm
+
+    own, shared, other = module(0, None), module(1, 0), module(1, None)
+    assert pairs(*shared.splits["val"]) == pairs(*own.splits["val"]) != pairs(*other.splits["val"])
+    assert pairs(*shared.splits["train"]) == pairs(*own.splits["train"])
+    first = [next(iter(dm.train_dataloader()))[1] for dm in (own, shared)]
+    assert not torch.equal(*first), "the training order is the run seed's, not the split's"
+
+
 @pytest.mark.parametrize("module,fixture,classes,n_train,n_test", [
     (CIFAR10DataModule, "cifar10_root", 10, 500, 100),
     (CIFAR100DataModule, "cifar100_root", 100, 400, 100),

@@ -169,16 +169,13 @@ class ClassificationDataModule(L.LightningDataModule):
         if stage in (None, "fit", "validate") and "train" not in self.splits:
             images, labels = self._checked(*self.read_split(train=True), "training")
             n_val = self._val_count(len(labels))
-            order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self._val_split_seed))
+            seed = self.split_seed if self.val_split_seed is None else self.val_split_seed
+            order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
             val, train = order[:n_val], order[n_val:]
             self.splits["train"] = (images[train], labels[train])
             self.splits["val"] = (images[val], labels[val])
         if stage in (None, "test", "predict") and "test" not in self.splits:
             self.splits["test"] = self._checked(*self.read_split(train=False), "test")
-
-    @property
-    def _val_split_seed(self) -> int:
-        return self.split_seed if self.val_split_seed is None else self.val_split_seed
 
     def _val_count(self, n: int) -> int:
         n_val = int(round(self.val_size * n)) if self.val_size < 1 else int(self.val_size)
