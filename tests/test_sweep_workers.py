@@ -38,7 +38,7 @@ def start(command: list[str], cwd: Path) -> subprocess.Popen:
     return subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def finish(worker: subprocess.Popen, timeout: float = 300) -> str:
+def finish(worker: subprocess.Popen, timeout: float = 900) -> str:
     out, _ = worker.communicate(timeout=timeout)
     assert worker.returncode == 0, out[-4000:]
     return out
@@ -109,7 +109,7 @@ def test_a_worker_killed_mid_trial_leaves_a_study_that_goes_on_and_retries_its_t
             trials[1].state == TrialState.RUNNING and "heartbeat" in trials[1].user_attrs)
 
     try:
-        wait_for(second_trial_running, 240, "the doomed worker's second trial")
+        wait_for(second_trial_running, 600, "the doomed worker's second trial")
     finally:
         os.kill(doomed.pid, signal.SIGKILL)
         doomed.communicate()
