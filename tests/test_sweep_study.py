@@ -194,11 +194,11 @@ def test_a_silent_trial_is_failed_and_queued_again_once(tmp_path):
     other = optuna.load_study(study_name="s", storage=storage)  # another worker
     retry = retry_callback(max_retry=2)
     assert fail_stale_trials(other, 60, retry) == []  # both started just now
-    lost.set_user_attr(HEARTBEAT_ATTR, time.time() - 3600)
-    time.sleep(0.05)
-    alive.set_user_attr(HEARTBEAT_ATTR, time.time())
-    assert fail_stale_trials(other, 0.03, retry) == [lost.number]
-    assert fail_stale_trials(other, 0.03, retry) == []  # failed once, by one worker
+    later = time.time() + 100  # judged 100 s from now: only a trial that beat since is alive
+    lost.set_user_attr(HEARTBEAT_ATTR, time.time())
+    alive.set_user_attr(HEARTBEAT_ATTR, later - 1)
+    assert fail_stale_trials(other, 60, retry, now=later) == [lost.number]
+    assert fail_stale_trials(other, 60, retry, now=later) == []  # failed once, by one worker
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING]
     assert trials[2].system_attrs["failed_trial"] == lost.number

@@ -74,13 +74,14 @@ def last_alive(trial: Any) -> float:
     return max(float(trial.user_attrs.get(HEARTBEAT_ATTR, 0.0)), started)
 
 
-def fail_stale_trials(study: Any, grace_period: float, retry: Any) -> list[int]:
-    """Fail every running trial of ``study`` silent for longer than ``grace_period`` seconds,
-    queue each again through ``retry``; the numbers of the trials failed here."""
+def fail_stale_trials(study: Any, grace_period: float, retry: Any, now: float | None = None) -> list[int]:
+    """Fail every running trial of ``study`` silent for longer than ``grace_period`` seconds
+    (at ``now``, the clock's time by default), queue each again through ``retry``; the numbers
+    of the trials failed here."""
     from optuna.trial import TrialState
 
     failed = []
-    now = time.time()
+    now = time.time() if now is None else now
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if now - last_alive(trial) <= grace_period:
             continue
