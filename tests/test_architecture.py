@@ -43,6 +43,7 @@ LAYERS: dict[str, int] = {
     "runs": 3,
     "evaluation": 4,  # evaluate's pipeline: the context of a reopened run and its analyses
     "apps": 5,
+    "sweep": 5,  # the sweep is an app: its trials are runs of apps.train, its command is apps.sweep
 }
 NOT_CODE = {"configs"}
 # Same layer, but independent of each other: the first may not import the second. calibration

@@ -29,6 +29,7 @@ ENTRY_POINTS = {
     "softcal-evaluate": "softcal.apps.evaluate:command",
     "softcal-predict": "softcal.apps.predict:command",
     "softcal-export": "softcal.apps.export:command",
+    "softcal-sweep": "softcal.apps.sweep:command",
 }
 
 
@@ -56,7 +57,7 @@ def test_pyproject_lists_every_source_package_and_maps_configs() -> None:
     setuptools = pyproject()["tool"]["setuptools"]
     assert set(setuptools["packages"]) == source_packages() | {"softcal.configs"}
     assert setuptools["package-dir"] == {"": "src", "softcal.configs": "configs"}
-    assert setuptools["package-data"]["softcal.configs"] == ["*.yaml"]
+    assert setuptools["package-data"]["softcal.configs"] == ["*.yaml", "sweeps/*.yaml"]  # + search spaces
 
 
 def test_every_source_package_is_a_regular_package() -> None:
@@ -167,6 +168,8 @@ def test_wheel_holds_softcal_and_its_configs_and_no_benchmarks(tmp_path: Path) -
         entry_points = next(archive.read(n).decode() for n in names if n.endswith("entry_points.txt"))
 
     assert {f"softcal/configs/{path.name}" for path in CHECKOUT_CONFIGS} <= names
+    spaces = sorted((REPO / "configs" / "sweeps").glob("*.yaml"))
+    assert spaces and {f"softcal/configs/sweeps/{path.name}" for path in spaces} <= names
     assert {path.as_posix() for path in source_files()} <= names  # every module, every __init__.py
     top_level = {name.split("/")[0] for name in names}
     assert top_level == {"softcal", wheel.name.split("-py")[0] + ".dist-info"}  # no benchmarks/, tests/

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import sys
 from argparse import ArgumentError
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,9 @@ from softcal.runs.run_dirs import check_not_a_folder_of_runs, checkpoints_near, 
 class SoftcalCLI(LightningCLI):
     """LightningCLI with the data facts linked into the model and a checkpoint policy."""
 
-    def __init__(self, args: list[str] | None = None, **kwargs: Any) -> None:
+    def __init__(self, args: list[str] | None = None, extra_callbacks: Sequence[Callback] = (),
+                 **kwargs: Any) -> None:  # fmt: skip
+        self.extra_callbacks = list(extra_callbacks)  # after every run's own (see run_callbacks)
         if args is None:  # from the command line: rewrite argv (LightningCLI reads it itself)
             sys.argv[1:] = command_line(sys.argv[1:])
         else:
@@ -142,7 +145,7 @@ class SoftcalCLI(LightningCLI):
         # HPARAMS row, comparison charts, the run's story in TEXT
         callbacks.append(RunDashboard(self.config.as_dict(), self.command_line, trainer_config.get("logger")))
         callbacks.append(FreezeStartupObjects())
-        return callbacks
+        return [*callbacks, *self.extra_callbacks]
 
 
 def resolve_resume(ckpt_path: str | None, logger: Any) -> str | None:

@@ -16,10 +16,11 @@ import logging
 import re
 import sys
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch import Trainer
+from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from softcal.apps.cli import SoftcalCLI
@@ -75,10 +76,11 @@ def saved_checkpoint(trainer: Trainer) -> str:
     return checkpoint
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """fit -> best weights (with their T) -> test; returns what results.json holds."""
+def main(argv: list[str] | None = None, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
+    """fit -> best weights (with their T) -> test; returns what results.json holds.
+    ``callbacks`` join the Trainer's (a sweep's trial measures and prunes through them)."""
     quiet_banners()
-    cli = SoftcalCLI(argv)
+    cli = SoftcalCLI(argv, extra_callbacks=callbacks)
     trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
     if cli.resume_path:  # a checkpoint of another dataset fails here, in one line
         saved = load_checkpoint(cli.resume_path)
