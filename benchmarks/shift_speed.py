@@ -11,7 +11,7 @@ the test pass (timed apart: evaluate makes that pass with or without ``--shift``
 is the time ``ShiftedSets`` spends corrupting each set, inference the time of each set's pass
 (``EvaluationContext.shift_seconds``); "other" is the rest of the analysis (scoring, the
 example images, figures, files). The section ``shift-speed-<dataset>`` of ``--doc``
-(docs/benchmarks.md) is replaced with the numbers, the command, the commit and the machine.
+(docs/benchmarks.md; :func:`section_name`) is replaced with the numbers, the command, the commit and the machine.
 
 Target: all 75 sets of the 10,000 CIFAR-10 test images (750,000 images) in at most 15 minutes
 on the 2-core CPU, with configs/cifar10.yaml's net, generation included.
@@ -117,6 +117,14 @@ def section(found: dict, totals: dict[str, float], command: str, machine: str) -
     ]) + "\n"  # fmt: skip
 
 
+def section_name(found: dict, totals: dict[str, float]) -> str:
+    """``shift-speed-<dataset>`` for the full-size run; smaller runs get their own section
+    (``shift-speed-<dataset>-<sets>x<images>``), so a quick check never replaces the full one."""
+    images = found["sets"][0][0][2] if found["sets"] else 0
+    full = totals["sets"] == FULL_SETS and images == FULL_IMAGES
+    return f"shift-speed-{found['dataset']}" + ("" if full else f"-{totals['sets']}x{images}")
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", help="a run directory or checkpoint")
@@ -127,7 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
                         help="the markdown file whose shift-speed section is replaced")  # fmt: skip
     parser.add_argument("--no-doc", action="store_true", help="print only")
     parser.add_argument("--out", type=Path, default=None,
-                        help="keep the analysis's files (shift.json, shift.md, figures) in this folder")  # fmt: skip
+                        help="keep the analysis's files (shift.json, shift.md, figures) here")  # fmt: skip
     args = parser.parse_args(argv)
     shift_args = ["--shift", args.shift, "--shift-severities", args.shift_severities]
     shift_args += ["--shift-samples", str(args.shift_samples)] if args.shift_samples else []
@@ -139,7 +147,7 @@ def main(argv: list[str] | None = None) -> dict:
         argv_text = sys.argv[1:] if argv is None else argv
         command = "python benchmarks/shift_speed.py " + shlex.join(argv_text)
         machine = machine_block(machine_info(), load_before, load_average(), [])
-        write_section(args.doc, f"shift-speed-{found['dataset']}", section(found, totals, command, machine))
+        write_section(args.doc, section_name(found, totals), section(found, totals, command, machine))
         print(f"wrote its section of {args.doc}")
     return totals
 

@@ -260,6 +260,6 @@ def test_the_speed_benchmark_times_each_set_and_writes_its_section(tiny_run: Pat
     printed = capsys.readouterr().out
     assert "contrast                  5      20" in printed and "4 sets: generation " in printed
     text = doc.read_text()
-    assert "<!-- benchmark:shift-speed-MNIST -->" in text and "| contrast | 2 |" in text
+    assert "<!-- benchmark:shift-speed-MNIST-4x20 -->" in text and "| contrast | 2 |" in text
     assert "## MNIST: `evaluate.py --shift`, 4 sets of 20 images" in text
     assert "- commit: " in text and "n/a (not the full-size run)" in text
