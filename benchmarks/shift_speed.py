@@ -11,7 +11,8 @@ the test pass (timed apart: evaluate makes that pass with or without ``--shift``
 is the time ``ShiftedSets`` spends corrupting each set, inference the time of each set's pass
 (``EvaluationContext.shift_seconds``); "other" is the rest of the analysis (scoring, the
 example images, figures, files). The section ``shift-speed-<dataset>`` of ``--doc``
-(docs/benchmarks.md; :func:`section_name`) is replaced with the numbers, the command, the commit and the machine.
+(docs/benchmarks.md; :func:`section_name`) is replaced with the numbers, the command, the
+commit and the machine.
 
 Target: all 75 sets of the 10,000 CIFAR-10 test images (750,000 images) in at most 15 minutes
 on the 2-core CPU, with configs/cifar10.yaml's net, generation included.
