@@ -310,10 +310,10 @@ def test_cli_argument_messages(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # nothing may be written, but if it were: not in the checkout
     with pytest.raises(SoftcalError) as caught:
         main(["--trainer.max_epochs", "three"])
-    message = _one_line(caught)
-    assert message.startswith('bad config or argument: Parser key "trainer.max_epochs":')
-    assert ": Does not validate against any of the Union subtypes" in message
-    assert "Given value: three" in message and message.endswith(" (see --help)")
+    assert _one_line(caught) == (
+        "bad config or argument: Parser key \"trainer.max_epochs\": expects int or null, got 'three'"
+        " (see --help)"
+    )
 
 
 def test_config_file_messages(monkeypatch):
@@ -477,11 +477,8 @@ def test_run_config_messages(tmp_path):
                                                          "init_args": {"root": str(tmp_path)}}}  # fmt: skip
     with pytest.raises(SoftcalError) as caught:
         rebuild(config, saved, ["--trainer.max_epochs", "three"], {})
-    message = _one_line(caught)
-    assert message.startswith(
-        'bad override: Parser key "trainer.max_epochs": Does not validate against any of the Union subtypes'
-    )
-    assert "Given value: three" in message
+    expected = "bad override: Parser key \"trainer.max_epochs\": expects int or null, got 'three'"
+    assert _one_line(caught) == expected
 
 
 def test_predict_messages(tmp_path, capsys):

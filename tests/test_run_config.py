@@ -221,6 +221,23 @@ def test_a_misspelt_option_gets_did_you_mean(args, expected):
     assert str(caught.value) == f"bad config or argument: {expected} (see --help)"
 
 
+@pytest.mark.parametrize("args, expected", [
+    (["--model.lr", "abc"], "Parser key \"model.lr\": expects float, got 'abc'"),
+    (["--trainer.max_epochs", "three"],
+     "Parser key \"trainer.max_epochs\": expects int or null, got 'three'"),
+    (["--data.batch_size", "x"],
+     "Parser key \"data\": softcal.data.MNISTDataModule option 'batch_size' expects int, got 'x'"),
+    (["--data.val_split_seed", "x"],
+     "Parser key \"data\": softcal.data.MNISTDataModule option 'val_split_seed' expects int or null,"
+     " got 'x'"),
+])  # fmt: skip
+def test_a_value_of_the_wrong_type_names_the_type_and_the_value(args, expected):
+    """Not the errors of every type a Union (or a class's wrapper) would have taken."""
+    with pytest.raises(SoftcalError) as caught:
+        train(args)
+    assert str(caught.value) == f"bad config or argument: {expected} (see --help)"
+
+
 @pytest.mark.parametrize("text, expected", [
     ("calibrate: false\n", "Option 'calibrate' is not accepted (did you mean calibration.enabled?)"),
     ("calibrator: vector\n", "Option 'calibrator' is not accepted (did you mean calibration.method?)"),

@@ -28,6 +28,11 @@ _GROUP_OPTION = re.compile(r"Group '([\w.]+)' does not accept option '(\w+)'")
 _OPTION = re.compile(r"Option '(\w+)' is not accepted")
 _PARSER_KEY = re.compile(r'^Parser key "([\w.]+)":')
 _CLASS_PATH = re.compile(r"class_path[ =]'([\w.]+)'")
+#: A class argument's own message inside the wrapper of a Union (``--data.batch_size x``).
+_CLASS_KEY = re.compile(r"class_path '([\w.]+)': Parser key \"(\w+)\": (.*)")
+_SIMPLE_TYPE = re.compile(r"^Expected a <class '([\w.]+)'>\. Got value: (.*?)(?: - |$)")
+_UNION_TYPES = re.compile(r"^Does not validate against any of the Union subtypes Subtypes: \[([^\]]*)\]")
+_GIVEN = re.compile(r"Given value: (.*?)(?: - |$)")
 
 
 def config_problem(err: BaseException, parser: Any = None, limit: int | None = None) -> str:
@@ -41,6 +46,8 @@ def config_problem(err: BaseException, parser: Any = None, limit: int | None = N
         name = option.group(1)
         text = f'Parser key "{key.group(1)}": {class_path.group(1)} does not accept option {name!r}'
         text += _hint(_closest(name, _class_options(class_path.group(1))))
+    elif key and (wrong := _wrong_type(text[key.end() :].strip())):
+        text = f'Parser key "{key.group(1)}": {wrong}'
     elif found := _UNRECOGNIZED.search(text):  # on the command line
         known = [f"--{key}" for key in _keys(parser)]
         names = [arg.split("=", 1)[0] for arg in found.group(1).split() if arg.startswith("--")]
@@ -54,6 +61,27 @@ def config_problem(err: BaseException, parser: Any = None, limit: int | None = N
         name = option.group(1)
         text += _hint(MOVED_KEYS.get(name) or _closest(name, [k.split(".")[0] for k in _keys(parser)]))
     return text if limit is None else text[:limit]
+
+
+def _wrong_type(text: str) -> str | None:
+    """A value of the wrong type as "expects int or null, got 'x'", without the errors of every
+    other type a Union would have taken (for a class's argument: the class and the option);
+    None when ``text`` is no such message."""
+    if inner := _CLASS_KEY.search(text):
+        class_path, name, detail = inner.groups()
+        expected = _expected(detail)
+        return f"{class_path} option {name!r} {expected}" if expected else None
+    return _expected(text)
+
+
+def _expected(text: str) -> str | None:
+    if simple := _SIMPLE_TYPE.match(text):
+        return f"expects {simple.group(1).rpartition('.')[2]}, got {simple.group(2)!r}"
+    union, given = _UNION_TYPES.match(text), _GIVEN.search(text)
+    if not (union and given):
+        return None
+    names = [name.rpartition(".")[2] for name in re.findall(r"<class '([\w.]+)'>", union.group(1))]
+    return f"expects {' or '.join('null' if n == 'NoneType' else n for n in names)}, got {given.group(1)!r}"
 
 
 def _closest(name: str, known: Iterable[str]) -> str | None:
