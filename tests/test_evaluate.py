@@ -86,6 +86,18 @@ def _evaluation(dataset: str, acc: float) -> Evaluation:
                       dataset, 1.5, metrics)  # fmt: skip
 
 
+def test_a_copied_run_reads_and_writes_only_its_own_files(tiny_run: Path, tmp_path: Path):
+    """results.json records an absolute checkpoint path: a copy of the run directory must use
+    its own checkpoint and write its evaluation beside it, never into the original."""
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_run, copy, ignore=shutil.ignore_patterns("eval*"))
+    assert best_checkpoint(copy) == copy / "checkpoints" / best_checkpoint(tiny_run).name
+    before = sorted(p.name for p in tiny_run.iterdir())
+    main([str(copy)])
+    assert (copy / "eval" / "metrics.json").is_file()
+    assert sorted(p.name for p in tiny_run.iterdir()) == before
+
+
 def test_comparison_of_two_datasets_names_both():
     evaluations = [_evaluation("MNIST", 0.99), _evaluation("FashionMNIST", 0.91)]
     assert comparison_title(evaluations) == "MNIST and FashionMNIST, test splits"

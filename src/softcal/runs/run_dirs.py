@@ -32,12 +32,15 @@ def find_run_dir(path: str | Path) -> Path:
 
 
 def best_checkpoint(run_dir: Path) -> Path:
-    """The run's best checkpoint (as recorded by training), else its last one."""
+    """The run's best checkpoint (as recorded by training), else its last one. The recorded
+    path is absolute: a run directory copied or moved elsewhere finds the file of that name in
+    its own ``checkpoints/`` first, so it never reads (or evaluates into) the original."""
     results = run_dir / "results.json"
     if results.is_file():
         recorded = json.loads(results.read_text()).get("checkpoint")
-        if recorded and Path(recorded).is_file():
-            return Path(recorded)
+        for candidate in ([run_dir / "checkpoints" / Path(recorded).name, Path(recorded)] if recorded else []):
+            if candidate.is_file():
+                return candidate
     ckpts = sorted((run_dir / "checkpoints").glob("best*.ckpt"), key=os.path.getmtime)
     if ckpts:
         return ckpts[-1]
