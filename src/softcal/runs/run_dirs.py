@@ -38,7 +38,8 @@ def best_checkpoint(run_dir: Path) -> Path:
     results = run_dir / "results.json"
     if results.is_file():
         recorded = json.loads(results.read_text()).get("checkpoint")
-        for candidate in ([run_dir / "checkpoints" / Path(recorded).name, Path(recorded)] if recorded else []):
+        candidates = [run_dir / "checkpoints" / Path(recorded).name, Path(recorded)] if recorded else []
+        for candidate in candidates:
             if candidate.is_file():
                 return candidate
     ckpts = sorted((run_dir / "checkpoints").glob("best*.ckpt"), key=os.path.getmtime)
