@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 # scripts/benchmark.py puts them.
 sys.path[:0] = [str(REPO / "benchmarks"), str(REPO)]
 
-from softcal_bench.machine import load_average, machine_info  # noqa: E402
+from softcal_bench.machine import commit, load_average, machine_info  # noqa: E402
 from softcal_bench.report import machine_block, md_table, write_section  # noqa: E402
 
 from softcal.apps.evaluate import parse_args as evaluate_args  # noqa: E402
@@ -42,18 +41,6 @@ from softcal.evaluation.shift import ANALYSIS  # noqa: E402
 
 TARGET_S = 15 * 60
 FULL_SETS, FULL_IMAGES = 75, 10_000
-
-
-def commit() -> str:
-    """The checkout's commit, marked when it has uncommitted changes."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                              text=True, check=True).stdout.strip()  # fmt: skip
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + (" (with uncommitted changes)" if dirty else "")
 
 
 def measure(run: str, shift_args: list[str], keep: Path | None = None) -> dict:
@@ -106,7 +93,7 @@ def section(found: dict, totals: dict[str, float], command: str, machine: str) -
     verdict = ("met" if totals["total"] <= TARGET_S else "missed") if full else "n/a (not the full-size run)"
     return "\n\n".join([
         f"## {found['dataset']}: `evaluate.py --shift`, {totals['sets']} sets of {images} images", machine,
-        f"- command: `{command}`\n- commit: {commit()}\n- checkpoint: `{found['checkpoint']}`",
+        f"- command: `{command}`\n- commit: {commit(REPO)}\n- checkpoint: `{found['checkpoint']}`",
         "Seconds per set, the mean over the corruption's severities: generation (corrupting the images)"
         " and inference (the set's pass through the net in the run's Trainer settings).",
         md_table(["corruption", "sets", "generation (s)", "inference (s)"], rows),

@@ -6,9 +6,11 @@
     python scripts/benchmark.py --dataset mnist --section mnist-b128 -- --data.init_args.batch_size 128
     python scripts/benchmark.py --dataset cifar10-sample         # data path on the real PNGs
     python scripts/benchmark.py --tiny --out /tmp/b.md           # smoke test on generated data
+    python scripts/benchmark.py --readme [--with-shift]          # every number the README quotes
 
-Numbers go to docs/benchmarks.md (one section per config or dataset) and to the terminal. The
-benchmark lives in benchmarks/ beside this folder: it is not part of the installed package.
+Numbers go to docs/benchmarks.md (one section per config or dataset, or per README table) and to
+the terminal. The benchmark lives in benchmarks/ beside this folder: it is not part of the
+installed package.
 """
 
 import sys

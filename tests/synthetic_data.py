@@ -115,3 +115,17 @@ def write_image_folder(
             pixels = image[..., 0] if channels == 1 else image
             Image.fromarray(pixels).save(folder / f"{i:05d}{suffix}")
     return Path(root)
+
+
+def write_frost_photos(root: Path, size: int = 250, seed: int = 0) -> Path:
+    """``root/frost/frost1.png ... frost6.jpg``: noise photographs in place of the real ones,
+    large enough for the frost corruption's crops once shrunk (to size / 5 pixels a side)."""
+    from PIL import Image
+
+    folder = Path(root) / "frost"
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for name in ("frost1.png", "frost2.png", "frost3.png", "frost4.jpg", "frost5.jpg", "frost6.jpg"):
+        pixels = rng.integers(120, 256, size=(size, size, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / name)
+    return folder

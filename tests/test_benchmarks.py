@@ -239,6 +239,7 @@ def test_benchmark_tiny_runs_end_to_end(tmp_path: Path):
                      "decoded-image cache: cold", "with `--trainer.limit_train_batches 2` on top",
                      "interleaved in one process", "(c') bare (s)", "### Data path alone",
                      "PIL image per sample", "load average", "--tiny smoke run",
+                     "- command: `python scripts/benchmark.py --tiny --out ", "\n- commit: ",
                      "| `train.py` test accuracy (mean over the seeds) >= 90.00% |",
                      "| data path samples/s, softcal vs the PIL DataLoader >= 10.0x |"):  # fmt: skip
         assert expected in text, expected

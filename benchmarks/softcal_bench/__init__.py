@@ -14,6 +14,9 @@ overlays, ``--config configs/X.yaml+configs/Y.yaml``), one section with:
 ``--skip-train``, ``--skip-overhead`` and ``--skip-data-path`` leave parts out, so that slow parts
 can be run as sections of their own (``--section NAME``).
 
+``--readme`` measures every number the README quotes with the README's own commands
+(:mod:`softcal_bench.readme_numbers`).
+
 ``--dataset synthetic-cifar`` / ``cifar10-sample`` measure the data path alone. Verdicts come
 from the targets declared in :mod:`softcal_bench.targets`. Results go to a markdown file, one
 section per config or dataset, replaced when it is re-run.

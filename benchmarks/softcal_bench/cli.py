@@ -18,25 +18,22 @@ from typing import Any
 import yaml
 
 from softcal.allocator import keep_freed_memory
-from softcal_bench import report
+from softcal_bench import readme_numbers, report
 from softcal_bench.data_path import measure_data_path
-from softcal_bench.machine import load_average, machine_info, reset_peak_rss, rss_mib
+from softcal_bench.machine import commit, load_average, machine_info, reset_peak_rss, rss_mib
 from softcal_bench.overhead import median_per_epoch, run_interleaved
-from softcal_bench.overlays import config_args, merged, parse_spec
+from softcal_bench.overlays import config_args, parse_spec
+from softcal_bench.readme_runs import RUNS, selected
 from softcal_bench.seeds import REPO, fresh_cache, run_seeds, seed_measures
 from softcal_bench.targets import TARGETS
-from tests.synthetic_data import write_cifar_dataset, write_idx_dataset, write_image_folder
+from softcal_bench.tiny import TINY_ARGS, write_tiny_data
+from tests.synthetic_data import write_cifar_dataset
 
 Measured = tuple[str, dict[str, float | None]]  # a part's markdown, the values targets are checked on
 #: name -> (config in configs/, whether it trains); the others measure the data path alone.
 DATASETS = {"mnist": ("mnist.yaml", True), "cifar10": ("cifar10.yaml", True),
             "synthetic-cifar": ("cifar10.yaml", False),  # on generated CIFAR-10-sized pickles
             "cifar10-sample": ("cifar10_sample.yaml", False)}  # fmt: skip
-#: --tiny: any config on a few batches of generated data, a smoke test in seconds.
-TINY_ARGS = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3",
-             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-             "--data.init_args.batch_size", "32", "--data.init_args.eval_batch_size", "100",
-             "--data.init_args.val_size", "100"]  # fmt: skip
 
 
 def data_overrides(overrides: Sequence[str]) -> dict[str, Any]:
@@ -53,19 +50,6 @@ class Job:
     name: str
     configs: list[Path]
     trains: bool
-
-
-def write_tiny_data(configs: Sequence[Path], root: Path) -> None:
-    """A few hundred generated images in the format the configs' datamodule reads."""
-    data = merged(configs)["data"]
-    kind = data["class_path"].rsplit(".", 1)[1].removesuffix("DataModule")
-    if kind in ("MNIST", "FashionMNIST"):
-        write_idx_dataset(root, kind)
-    elif kind in ("CIFAR10", "CIFAR100"):
-        write_cifar_dataset(root, int(kind[5:]), n_train=500 if kind == "CIFAR10" else 400)
-    else:  # an image folder
-        write_image_folder(root / data["init_args"]["folder"], tuple(f"c{i}" for i in range(10)),
-                           n_train=300, n_test=100)  # fmt: skip
 
 
 def shown(config: Path) -> str:
@@ -133,7 +117,8 @@ def notes(job: Job, args: argparse.Namespace) -> list[str]:
              " decoding an image folder is in their time" if args.cold_cache else "as found"
              " (`$SOFTCAL_CACHE_DIR` or `~/.cache/softcal`): an image folder decoded before is read"
              " from there")  # fmt: skip
-    lines = ["config: " + " + ".join(f"`{shown(c)}`" for c in job.configs) + given,
+    lines = [f"command: `{args.shown_command}`", f"commit: {commit(REPO)}",
+             "config: " + " + ".join(f"`{shown(c)}`" for c in job.configs) + given,
              f"decoded-image cache: {cache} (pickled data sets are never cached)",
              "malloc: freed memory kept in the heap (`softcal.allocator`), here and in `train.py`"]
     if args.tiny:
@@ -170,7 +155,10 @@ EXAMPLES = """examples:
   %(prog)s --config configs/cifar10.yaml+configs/cifar10_quick.yaml --seeds 0 1 2
   %(prog)s --config configs/cifar10.yaml --section cifar10-overhead --skip-train --skip-data-path \\
       --overhead-args="--trainer.max_epochs 2 --trainer.limit_train_batches 30"
-  %(prog)s --tiny --out /tmp/b.md               smoke test on generated data"""
+  %(prog)s --tiny --out /tmp/b.md               smoke test on generated data
+  %(prog)s --readme                             every README number, its command (about 20 min)
+  %(prog)s --readme --with-shift                and the calibration-under-shift table (about 80 min)
+  %(prog)s --readme --only mnist,fashion_mnist  some of the README's runs: sections of their own"""
 
 
 def parser() -> argparse.ArgumentParser:
@@ -197,13 +185,40 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-runs", type=Path, help="copy the train.py runs here (a folder a section)")
     p.add_argument("--repeats", type=int, default=3, help="of the interleaved measurement")
     p.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
-    p.add_argument("--data-root", help="default: $SOFTCAL_DATA_ROOT, data/, ../shared/data")
+    p.add_argument("--data-root",
+                   help="default: $SOFTCAL_DATA_ROOT, data/, ../shared/data (--readme: as train.py finds it)")
+    p.add_argument("--readme", action="store_true",
+                   help="the README's runs with its commands, then evaluate as its tables say: the"
+                        " readme-* sections (softcal_bench.readme_numbers)")  # fmt: skip
+    p.add_argument("--with-shift", action="store_true",
+                   help="with --readme: --shift all and the ensemble of 3 cifar10_quick runs too")
+    p.add_argument("--only", type=lambda text: [name for name in text.split(",") if name], default=[],
+                   metavar="RUN,...", help="with --readme: these runs only, into sections of their own"
+                   f" ({', '.join(RUNS)})")  # fmt: skip
     p.add_argument("overrides", nargs="*", help="after --: CLI overrides, e.g. -- --model.lr 0.01")
     return p
 
 
+def readme(args: argparse.Namespace) -> int:
+    """--readme: the README's commands, nothing of the per-config benchmark."""
+    if not args.readme:
+        parser().error("--with-shift and --only go with --readme")
+    if args.dataset or args.config or args.overrides or args.section:
+        parser().error("--readme runs the README's own commands: leave out --dataset, --config, --section"
+                       " and overrides")  # fmt: skip
+    try:
+        selected(args.only, args.with_shift)
+    except ValueError as err:
+        parser().error(str(err))
+    return readme_numbers.main(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    given = sys.argv[1:] if argv is None else list(argv)
+    args = parser().parse_args(given)
+    args.shown_command = shlex.join(["python", "scripts/benchmark.py", *given])  # each section names it
+    if args.readme or args.with_shift or args.only:
+        return readme(args)
     names = args.dataset or ([] if args.config else ["mnist", "synthetic-cifar"])
     jobs = [Job(name, [REPO / "configs" / DATASETS[name][0]], DATASETS[name][1]) for name in names]
     jobs += [Job(*parse_spec(spec), trains=True) for spec in args.config]

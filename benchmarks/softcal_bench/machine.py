@@ -43,6 +43,19 @@ def machine_info() -> dict[str, str]:
     }
 
 
+def commit(repo: Path) -> str:
+    """The checkout's short commit, marked when tracked files have uncommitted changes: a number
+    is only reproducible from the code that measured it."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True,
+                              text=True, check=True).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + (" (with uncommitted changes)" if dirty else "")
+
+
 def load_average() -> str:
     """``uptime``'s load averages: other users of the CPU make every number here slower."""
     try:

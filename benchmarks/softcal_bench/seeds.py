@@ -24,11 +24,13 @@ from softcal_bench.targets import SEED_STAT
 REPO = Path(__file__).resolve().parents[2]
 CACHE_ENV = "SOFTCAL_CACHE_DIR"  # where image folders' decoded tensors are cached
 
-#: column -> results.json metric; the run's own columns follow (COLUMNS holds all of them)
+#: column -> results.json metric, each in what train_script returns
 METRICS = {"test_acc": "test/acc", "test_ece": "test/ece", "calibrated_ece": "test_calibrated/ece",
            "test_nll": "test/nll", "calibrated_nll": "test_calibrated/nll",
-           "test_brier": "test/brier", "calibrated_brier": "test_calibrated/brier"}  # fmt: skip
-#: column -> (header, unit of targets.show)
+           "test_brier": "test/brier", "calibrated_brier": "test_calibrated/brier",
+           "test_aurc": "test/aurc"}  # fmt: skip
+#: column -> (header, unit of targets.show): the per-seed table's columns and statistics
+#: (AURC is left to the README's table, readme_numbers)
 COLUMNS = {"test_acc": ("test acc", "%"), "test_ece": ("ECE raw", "%"),
            "calibrated_ece": ("ECE calibrated", "%"), "test_nll": ("NLL raw", "f"),
            "calibrated_nll": ("NLL calibrated", "f"), "test_brier": ("Brier raw", "f"),
@@ -39,20 +41,22 @@ STATS: dict[str, Callable[[list[float]], float]] = {"mean": statistics.fmean, "m
 
 def train_script(command: list[str], work: Path) -> dict[str, Any]:
     """One run of ``command`` (``python scripts/train.py ...``) in a fresh process, output under
-    ``work``: its exit code and a value per column (None where the run did not report one)."""
+    ``work``: its exit code, a value per metric (None where the run did not report one) and its
+    run directory (None without a results.json), for evaluate.py to read."""
     work.mkdir(parents=True, exist_ok=True)
     save_dir, log = work / "runs", work / "train.log"
     run = measure_command([*command, "--trainer.logger.init_args.save_dir", str(save_dir)], log, REPO)
     results: dict[str, Any] = {}
+    run_dir = None
     for found in save_dir.glob("*/version_*/results.json"):
-        results = yaml.safe_load(found.read_text())  # JSON is YAML
+        results, run_dir = yaml.safe_load(found.read_text()), found.parent  # JSON is YAML
     if run["returncode"] != 0:
         print(log.read_text()[-3000:], file=sys.stderr)
         run["wall_s"] = None  # a failed run's time answers nothing
     metrics = results.get("metrics", {})
     values = {column: metrics.get(name) for column, name in METRICS.items()}
     return {"returncode": run["returncode"], **values, "temperature": results.get("temperature"),
-            "wall_s": run["wall_s"], "peak_rss_gb": run["peak_rss_gb"]}  # fmt: skip
+            "wall_s": run["wall_s"], "peak_rss_gb": run["peak_rss_gb"], "run_dir": run_dir}  # fmt: skip
 
 
 @contextmanager

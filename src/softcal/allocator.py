@@ -10,10 +10,11 @@ are MBs each, so every step mapped them, took a page fault per 4 KiB page as the
 written, had the kernel zero those pages, and unmapped them again. Raising both thresholds keeps
 freed blocks in the heap, where the next step finds them.
 
-Measured on the 2-core CPU (docs/benchmarks.md, MNIST recipe section): the default
-``python scripts/train.py`` took 28.7 s without and 22.9 s with it (mean of 3 seeds), with
-identical results. The cost is memory: the process keeps its peak heap instead of shrinking
-between steps. Linux with glibc only; elsewhere (macOS, musl) nothing changes.
+What it saves on a machine: ``python scripts/benchmark.py --dataset mnist --section
+mnist-glibc-malloc --seeds 0 1 2 --skip-overhead --skip-data-path -- --keep_freed_memory false``
+against the same without the override (docs/benchmarks.md). The cost is memory: the process
+keeps its peak heap instead of shrinking between steps. Linux with glibc only; elsewhere
+(macOS, musl) nothing changes.
 """
 
 from __future__ import annotations
