@@ -1,15 +1,18 @@
-"""evaluate --ood: every number recomputed here with sklearn from logits this test computes itself.
+"""evaluate --ood: every number recomputed here with sklearn, every step checked on its own.
 
 The OOD images are rebuilt independently (noise from its definition's statistics, image files
-decoded with PIL, IDX files read with numpy), run through the model in one plain forward pass
-(no Trainer, no softcal.evaluation.passes) and scored with numpy formulas and scikit-learn's
-roc_auc_score / average_precision_score / roc_curve.
+decoded with PIL, IDX files read with numpy) and run through the model in one plain forward pass
+(no Trainer, no softcal.evaluation.passes): the logits evaluate ranked must agree with it to
+float32 rounding. The scores evaluate ranked must equal numpy's formulas on those logits to
+1e-12, and its metrics scikit-learn's roc_auc_score / average_precision_score / roc_curve of
+those very scores.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -19,8 +22,11 @@ from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from softcal.apps.evaluate import main
 from softcal.errors import SoftcalError
+from softcal.evaluation import ood_detection
+from softcal.evaluation.ood_detection import Detection, calibrated_scores, detect
 from softcal.evaluation.ood_sets import (
     NOISE_KINDS,
+    OODSet,
     load_ood_set,
     luminance,
     match_shape,
@@ -28,10 +34,13 @@ from softcal.evaluation.ood_sets import (
     parse_spec,
 )
 from softcal.runs.load import load_run
-from softcal.uncertainty.ood import SCORES
+from softcal.uncertainty.ood import SCORES, ood_scores
 from tests.conftest import run_script
 from tests.helpers import slow_when
 from tests.synthetic_data import write_idx_dataset
+
+if TYPE_CHECKING:
+    from softcal.calibration.run_calibration import RunCalibration
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -72,16 +81,29 @@ def plain_logits(run, images: np.ndarray | torch.Tensor) -> np.ndarray:
         return run.model.cpu()(x).float().numpy()
 
 
-def check_set(record: dict, logits_in: np.ndarray, logits_out: np.ndarray, t: float) -> None:
-    for scaling, temperature in (("raw", 1.0), ("calibrated", t)):
-        ours_in, ours_out = np_scores(logits_in, temperature), np_scores(logits_out, temperature)
+def check_set(record: dict, ranked: tuple[torch.Tensor, torch.Tensor], plain_in: np.ndarray,
+              plain_out: np.ndarray, calibration: RunCalibration) -> None:  # fmt: skip
+    """``record`` (one set of ood.json) against sklearn, from the logits evaluate ranked
+    (``ranked``: in-distribution, OOD), once those are checked against the plain forward pass."""
+    for logits, plain in zip(ranked, (plain_in, plain_out), strict=True):
+        # The Trainer's batches of 100 against one plain forward pass: float32 rounding only.
+        np.testing.assert_allclose(logits.numpy(), plain, rtol=0, atol=1e-5)
+    code_scores = [{"raw": ood_scores(z), "calibrated": calibrated_scores(calibration, z)} for z in ranked]
+    for scaling, temperature in (("raw", 1.0), ("calibrated", calibration.temperature)):
+        ours_in, ours_out = (np_scores(z.numpy(), temperature) for z in ranked)
+        scores_in, scores_out = (scores[scaling] for scores in code_scores)
         for score in SCORES:
-            expected = sk_metrics(ours_in[score], ours_out[score])
+            # sklearn ranks the very float64 scores evaluate ranked, checked against numpy's first.
+            # Where a score saturates (msp of 1.0 at a small T), torch's and numpy's exp and log may
+            # leave one row 1 ulp apart, and that row then ties with many rows or stops tying:
+            # AUROC moves by far more than rounding, and which rows it happens to depends on the
+            # trained weights (so on the thread count and the CPU).
+            for got, ours in ((scores_in[score], ours_in[score]), (scores_out[score], ours_out[score])):
+                np.testing.assert_allclose(got.numpy(), ours, rtol=1e-12, atol=1e-12, err_msg=score)
+            expected = sk_metrics(scores_in[score].numpy(), scores_out[score].numpy())
             for name, value in expected.items():
                 got = record[scaling][score][name]
-                # One plain forward pass against the Trainer's batches of 100: float32 rounding
-                # may reorder two nearly equal scores, which moves a metric by ~1/(200*200).
-                assert got == pytest.approx(value, abs=1e-4), (record["name"], scaling, score, name)
+                assert got == pytest.approx(value, abs=1e-12), (record["name"], scaling, score, name)
 
 
 # ----------------------------------------------------------------------------- one evaluation
@@ -105,20 +127,29 @@ def detected(tiny_run: Path, image_folder: Path, fashion_config: Path, tmp_path_
     out = tmp_path_factory.mktemp("ood")
     argv = [str(tiny_run), "--out", str(out), "--ood", "uniform-noise", "--ood", "gaussian-noise",
             "--ood", str(image_folder), "--ood", str(fashion_config)]  # fmt: skip
-    (evaluation,) = main(argv)
+    ranked: list[tuple[torch.Tensor, torch.Tensor]] = []  # (in, OOD) logits of each set, in order
+
+    def recording(logits_in: torch.Tensor, logits_out: torch.Tensor, ood: OODSet,
+                  calibration: RunCalibration | None = None) -> Detection:  # fmt: skip
+        ranked.append((logits_in, logits_out))
+        return detect(logits_in, logits_out, ood, calibration)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ood_detection, "detect", recording)
+        (evaluation,) = main(argv)
     run = load_run(tiny_run, check_classes=True)
     run.datamodule.setup("test")
     logits_in = plain_logits(run, run.datamodule.splits["test"][0])
-    return out, json.loads((out / "ood.json").read_text()), run, logits_in, evaluation
+    return out, json.loads((out / "ood.json").read_text()), run, logits_in, evaluation, ranked
 
 
 @pytest.mark.slow
 def test_noise_sets_equal_a_sklearn_recomputation(detected):
-    out, saved, run, logits_in, _ = detected
+    out, saved, run, logits_in, _, ranked = detected
     assert saved["in_distribution"] == {"dataset": "MNIST", "split": "test", "num_images": 200}
     t = run.calibration.temperature
     assert saved["temperature"] == pytest.approx(t)
-    for kind, record in zip(NOISE_KINDS, saved["sets"][:2], strict=True):
+    for kind, record, logits in zip(NOISE_KINDS, saved["sets"][:2], ranked[:2], strict=True):
         images = noise_images(kind, 200, (1, 28, 28))
         assert record["name"] == kind and record["num_images"] == 200 and record["notes"] == []
         assert torch.equal(images, noise_images(kind, 200, (1, 28, 28)))  # seeded: same images
@@ -128,12 +159,12 @@ def test_noise_sets_equal_a_sklearn_recomputation(detected):
             assert abs(pixels.std() - 255 / 12**0.5) < 1  # the uniform distribution's sd
         else:  # N(128, 64^2) clipped to 0..255 (1.9% of it lies outside): sd a little under 64
             assert abs(pixels.mean() - 128) < 1 and 60 < pixels.std() < 64
-        check_set(record, logits_in, plain_logits(run, images), t)
+        check_set(record, logits, logits_in, plain_logits(run, images), run.calibration)
 
 
 @pytest.mark.slow
 def test_image_folder_is_converted_and_scored(detected, image_folder: Path):
-    out, saved, run, logits_in, _ = detected
+    out, saved, run, logits_in, _, ranked = detected
     record = saved["sets"][2]
     files = sorted(image_folder.rglob("*.png"))
     assert record["name"] == "shapes" and record["num_images"] == len(files) == 150
@@ -146,22 +177,22 @@ def test_image_folder_is_converted_and_scored(detected, image_folder: Path):
     for path in files:
         with Image.open(path) as img:
             decoded.append(np.array(img.convert("L").resize((28, 28), Image.BILINEAR))[None])
-    check_set(record, logits_in, plain_logits(run, np.stack(decoded)), run.calibration.temperature)
+    check_set(record, ranked[2], logits_in, plain_logits(run, np.stack(decoded)), run.calibration)
 
 
 @pytest.mark.slow
 def test_datamodule_config_test_split_is_scored(detected, fashion_config: Path):
-    out, saved, run, logits_in, _ = detected
+    out, saved, run, logits_in, _, ranked = detected
     record = saved["sets"][3]
     assert record["name"] == "FashionMNIST test" and record["num_images"] == 150 and record["notes"] == []
     raw = (fashion_config.parent / "FashionMNIST" / "raw" / "t10k-images-idx3-ubyte").read_bytes()
     images = np.frombuffer(raw, dtype=np.uint8, offset=16).reshape(150, 1, 28, 28)
-    check_set(record, logits_in, plain_logits(run, images.copy()), run.calibration.temperature)
+    check_set(record, ranked[3], logits_in, plain_logits(run, images.copy()), run.calibration)
 
 
 @pytest.mark.slow
 def test_ood_files_and_tables(detected):
-    out, saved, _, _, evaluation = detected
+    out, saved, _, _, evaluation, _ = detected
     markdown = (out / "ood.md").read_text()
     assert markdown.count("**OOD detection: MNIST test (200) vs ") == 4
     row = next(line for line in markdown.splitlines() if line.startswith("| energy | T = 1 |"))
@@ -219,8 +250,7 @@ def test_calibrated_rows_use_the_stored_calibrator(method: str):
     and entropy of its probabilities, max_logit and energy of its calibrated logits - and for
     histogram binning and isotonic regression, which have no calibrated logits, raw rows only."""
     from softcal.calibration.calibrators import make_calibrator
-    from softcal.evaluation.ood_detection import calibration_note, detect, text_table
-    from softcal.evaluation.ood_sets import OODSet
+    from softcal.evaluation.ood_detection import calibration_note, text_table
 
     val, labels, logits_in, logits_out = _seeded_logits()
     calibration = _Stored(make_calibrator(method, 5).fit(val, labels))

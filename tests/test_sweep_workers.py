@@ -133,7 +133,9 @@ def test_a_worker_killed_mid_trial_leaves_a_study_that_goes_on_and_retries_its_t
 
 def test_one_objective_prunes_through_the_lightning_callback(tmp_path, mnist_root, monkeypatch, capsys):
     """Five finished trials at 100% validation accuracy after epoch 0: the median pruner stops a
-    smoke trial after its first validation, which the callback reported."""
+    smoke trial after its first validation, which the callback reported. The trial runs at the
+    space's highest lr, where the smoke run is far below 100% after its first epoch (near 0.009
+    it is at 100%, ties the median and is rightly not pruned)."""
     from softcal.apps.sweep import main as sweep
     from softcal.sweep.objectives import parse_objectives
     from softcal.sweep.space import read_space
@@ -150,10 +152,12 @@ def test_one_objective_prunes_through_the_lightning_callback(tmp_path, mnist_roo
     for _ in range(5):
         study.add_trial(create_trial(value=1.0, params={"model.lr": 0.01}, distributions={"model.lr": lr},
                                      intermediate_values={0: 1.0}))  # fmt: skip
+    study.enqueue_trial({"model.lr": 0.05})  # not a random draw that may land where it ties
     one = ["--n-trials", "1", "--objectives", "acc", "--storage", str(journal), "--trainer.max_epochs", "2"]
     sweep(sweep_command(space, mnist_root, *one)[2:])
     out = capsys.readouterr().out
     trial = load(journal).get_trials()[5]
+    assert trial.params == {"model.lr": 0.05}
     assert trial.state == TrialState.PRUNED and list(trial.intermediate_values) == [0]
     assert "trial 5 pruned: Trial was pruned at epoch 0." in out
     record = json.loads((tmp_path / "runs" / "sweeps" / "mini" / "trial_0005" / "trial.json").read_text())
