@@ -88,8 +88,7 @@ def section(found: dict, totals: dict[str, float], command: str, machine: str) -
         per.setdefault(name, []).append((gen, inf))
     rows = [[name, str(len(v)), *(f"{sum(part) / len(v):.3f}" for part in zip(*v, strict=True))]
             for name, v in per.items()]  # fmt: skip
-    images = found["sets"][0][0][2] if found["sets"] else 0
-    full = totals["sets"] == FULL_SETS and images == FULL_IMAGES
+    images, full = set_size(found, totals)
     verdict = ("met" if totals["total"] <= TARGET_S else "missed") if full else "n/a (not the full-size run)"
     return "\n\n".join([
         f"## {found['dataset']}: `evaluate.py --shift`, {totals['sets']} sets of {images} images", machine,
@@ -105,11 +104,16 @@ def section(found: dict, totals: dict[str, float], command: str, machine: str) -
     ]) + "\n"  # fmt: skip
 
 
+def set_size(found: dict, totals: dict[str, float]) -> tuple[int, bool]:
+    """(images per set, whether the run was the full-size one the target is about)."""
+    images = found["sets"][0][0][2] if found["sets"] else 0
+    return images, totals["sets"] == FULL_SETS and images == FULL_IMAGES
+
+
 def section_name(found: dict, totals: dict[str, float]) -> str:
     """``shift-speed-<dataset>`` for the full-size run; smaller runs get their own section
     (``shift-speed-<dataset>-<sets>x<images>``), so a quick check never replaces the full one."""
-    images = found["sets"][0][0][2] if found["sets"] else 0
-    full = totals["sets"] == FULL_SETS and images == FULL_IMAGES
+    images, full = set_size(found, totals)
     return f"shift-speed-{found['dataset']}" + ("" if full else f"-{totals['sets']}x{images}")
 
 

@@ -3,8 +3,9 @@
 jsonargparse explains unknown keys and wrong types well, but over several lines, and an
 unknown key inside a class's arguments (``--data.init_args.batchsize``) comes wrapped in the
 errors of every type the value could have had. :func:`config_problem` joins the message into
-one line, cuts such a wrapper down to the class and the key it rejects, and adds "did you
-mean" when a known key is close to the unknown one - or, for a key that moved, its new name.
+one line, cuts such a wrapper down to the class and the key it rejects (or, for a value of the
+wrong type, to the type expected and the value given), and adds "did you mean" when a known
+key is close to the unknown one - or, for a key that moved, its new name.
 """
 
 from __future__ import annotations
