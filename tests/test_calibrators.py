@@ -23,7 +23,7 @@ from softcal.calibration.temperature import fit_temperature
 from softcal.errors import SoftcalError
 from tests.helpers import slow_when
 
-EXPORTABLE = ("temperature", "vector", "matrix", "matrix_unregularised")
+EXPORTABLE = ("temperature", "vector", "matrix", "matrix_unregularised", "top_label_beta")
 
 
 def miscalibrated(n: int, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,7 +72,7 @@ def np_affine_gradient(z, labels, weight, bias, lambda_od=0.0, lambda_b=0.0):
 
 
 def test_methods_and_factory():
-    assert METHODS == ("temperature", "vector", "matrix", "histogram", "isotonic")
+    assert METHODS == ("temperature", "vector", "matrix", "histogram", "isotonic", "top_label_beta")
     assert set(METHODS) < set(ALL_METHODS_FOR_COMPARISON)
     for method in ALL_METHODS_FOR_COMPARISON:
         calibrator = make_calibrator(method, 4)
@@ -81,7 +81,7 @@ def test_methods_and_factory():
     with pytest.raises(
         SoftcalError,
         match="^unknown calibrator 'platt'; choose one of temperature, vector, matrix, histogram, isotonic,"
-        " matrix_unregularised$",
+        " top_label_beta, matrix_unregularised$",
     ):
         make_calibrator("platt", 4)
     with pytest.raises(SoftcalError, match="calibrator: num_classes must be at least 1, got 0"):
@@ -143,7 +143,8 @@ def test_calibrated_logits_give_the_same_probabilities(fitted, data, method):
 
 @pytest.mark.parametrize("method", ["histogram", "isotonic"])
 def test_non_exportable_methods_refuse_calibrated_logits(fitted, data, method):
-    fixed = " is not a logit transform and cannot be exported; use temperature, vector or matrix"
+    fixed = " is not a logit transform and cannot be exported; use temperature, vector, matrix or"
+    fixed += " top_label_beta"
     with pytest.raises(SoftcalError, match=f"calibrator: {method}{fixed}"):
         fitted[method].calibrated_logits(data[0])
 

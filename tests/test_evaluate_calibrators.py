@@ -26,6 +26,8 @@ from softcal.evaluation.results import Confidences
 from softcal.evaluation.selective_prediction import selective_outputs
 from softcal.runs.load import load_run
 from tests.figure_references import assert_curve, assert_reliability
+from tests.test_calibrators_top_label import np_fit as np_top_label_fit
+from tests.test_calibrators_top_label import np_top_label_beta
 
 REPO = Path(__file__).resolve().parents[1]
 BINS = 15
@@ -314,7 +316,7 @@ def test_bad_calibrators_option_is_one_line(tiny_run: Path, argv: list[str], mes
     if argv[1] == "bogus":
         assert str(err.value) == (
             "--calibrators bogus: unknown method bogus; use all or a comma list of temperature, vector,"
-            " matrix, histogram, isotonic, matrix_unregularised"
+            " matrix, histogram, isotonic, top_label_beta, matrix_unregularised"
         )
 
 
@@ -487,6 +489,7 @@ def expected_probabilities(val, test, fitted: dict) -> dict[str, np.ndarray]:
     for method, (lambda_od, lambda_b) in lambdas.items():
         w, b = sp_affine(zv, yv, True, lambda_od, lambda_b)
         expected[method] = np_softmax(zt @ w.T + b)
+    expected["top_label_beta"] = np_top_label_beta(zt, *np_top_label_fit(zv, yv))
     return expected
 
 

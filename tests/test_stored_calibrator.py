@@ -107,7 +107,8 @@ def test_an_unknown_calibrator_is_one_line():
         assert "\n" not in str(caught.value) and "Got value: platt" in str(caught.value)
         assert str(caught.value) == (
             'bad config or argument: Parser key "calibration.method": Expected a'
-            " typing.Literal['temperature', 'vector', 'matrix', 'histogram', 'isotonic']. Got value: platt"
+            " typing.Literal['temperature', 'vector', 'matrix', 'histogram', 'isotonic', 'top_label_beta']."
+            " Got value: platt"
             " (see --help)"
         )
 
@@ -368,11 +369,13 @@ def test_export_refuses_isotonic_in_one_line_and_exports_t_or_raw_on_request(run
         export_main(["--ckpt", str(run_dir), "--out", str(tmp_path / "refused.onnx")])
     message = str(caught.value)
     assert "\n" not in message and "isotonic" in message
-    assert "--calibrator temperature|vector|matrix" in message and "--calibration temperature" in message
+    assert "--calibrator temperature|vector|matrix|top_label_beta" in message
+    assert "--calibration temperature" in message
     assert message.endswith(
         " stores isotonic calibration, which an exported graph cannot carry (only temperature, vector and"
-        " matrix scaling are logit transforms); export with --calibration temperature (its fitted T) or"
-        " --calibration none (raw softmax), or train with --calibrator temperature|vector|matrix"
+        " matrix scaling and top-label beta calibration are logit transforms); export with --calibration"
+        " temperature (its fitted T) or --calibration none (raw softmax), or train with --calibrator"
+        " temperature|vector|matrix|top_label_beta"
     )
     assert not (tmp_path / "refused.onnx").exists()
     proc = run_script("export.py", "--ckpt", str(run_dir), "--out", str(tmp_path / "refused.onnx"))

@@ -6,11 +6,12 @@ probabilities (N, num_classes); the batch size is free. Whoever runs it needs ne
 package nor the dataset's mean and std.
 
 The calibration is the run's stored one (``--calibration stored``, the default): ``/ T`` for
-temperature scaling, or the stored vector or matrix scaling's ``calibrated_logits`` - the logit
-transforms a graph can carry. Histogram binning and isotonic regression map probabilities
-through fitted step functions that are not logit transforms; such a run is refused in one line
-that suggests ``--calibration temperature`` (the T every run also fits) or ``none`` (raw
-softmax), or training with ``--calibrator temperature|vector|matrix``.
+temperature scaling, or the stored vector scaling's, matrix scaling's or top-label beta
+calibration's ``calibrated_logits`` - the logit transforms a graph can carry. Histogram binning
+and isotonic regression map probabilities through fitted step functions that are not logit
+transforms; such a run is refused in one line that suggests ``--calibration temperature`` (the
+T every run also fits) or ``none`` (raw softmax), or training with
+``--calibrator temperature|vector|matrix|top_label_beta``.
 
 * ``onnx``: ``torch.onnx.export`` with the ``torch.export``-based exporter (the default since
   torch 2.9; the TorchScript-based one is deprecated), checked against onnxruntime when it
@@ -58,10 +59,10 @@ class ProbabilityModel(nn.Module):
     """[0, 1] float images -> softmax(calibration.calibrated_logits(net(normalised images))).
 
     ``calibration`` is a :class:`~softcal.calibration.run_calibration.RunCalibration` whose
-    method is a logit transform (temperature, vector or matrix scaling) or nothing fitted (the
-    raw softmax). Normalisation goes through :func:`softcal.data.augment.normalize` on
-    ``images * 255``, the function training applies to uint8 batches, so both see the same
-    numbers (to float rounding) for the same picture.
+    method is a logit transform (temperature, vector or matrix scaling, top-label beta
+    calibration) or nothing fitted (the raw softmax). Normalisation goes through
+    :func:`softcal.data.augment.normalize` on ``images * 255``, the function training applies
+    to uint8 batches, so both see the same numbers (to float rounding) for the same picture.
     """
 
     def __init__(self, net: nn.Module, mean: Sequence[float], std: Sequence[float],
@@ -87,9 +88,10 @@ def exported_calibration(run: LoadedRun, choice: str = "stored") -> RunCalibrati
     if choice == "stored" and not stored.exportable:
         raise SoftcalError(
             f"{run.checkpoint.name} stores {stored.method} calibration, which an exported"
-            " graph cannot carry (only temperature, vector and matrix scaling are logit"
-            " transforms); export with --calibration temperature (its fitted T) or --calibration"
-            " none (raw softmax), or train with --calibrator temperature|vector|matrix"
+            " graph cannot carry (only temperature, vector and matrix scaling and top-label beta"
+            " calibration are logit transforms); export with --calibration temperature (its fitted"
+            " T) or --calibration none (raw softmax), or train with --calibrator"
+            " temperature|vector|matrix|top_label_beta"
         )
     if choice == "stored":
         return stored
@@ -197,9 +199,9 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     )
     parser.add_argument("--format", choices=sorted(FORMATS), default="onnx")
     parser.add_argument("--calibration", choices=CALIBRATIONS, default="stored",
-                        help="stored: the run's calibration (temperature, vector or matrix scaling;"
-                             " histogram and isotonic cannot be exported); temperature: its fitted T"
-                             " only; none: the raw softmax")  # fmt: skip
+                        help="stored: the run's calibration (temperature, vector or matrix scaling,"
+                             " top-label beta; histogram and isotonic cannot be exported); temperature:"
+                             " its fitted T only; none: the raw softmax")  # fmt: skip
     parser.add_argument("--out", type=Path, default=None,
                         help="output file (default: <run_dir>/export/model.onnx or model.pt)")
     return parser.parse_with_overrides(argv)

@@ -87,7 +87,7 @@ class Calibrator(torch.nn.Module):
         """Logits whose softmax is :meth:`forward`; only the logit transforms have them."""
         raise SoftcalError(
             f"calibrator: {self.method} is not a logit transform and cannot be exported; "
-            "use temperature, vector or matrix"
+            "use temperature, vector, matrix or top_label_beta"
         )
 
     def describe(self) -> str:

@@ -9,11 +9,14 @@ Each is fitted on held-out (validation) logits and applied unchanged to any othe
   ``matrix_unregularised`` is the same without the penalty, kept to show why it is needed.
 * ``histogram`` / ``isotonic``: one-vs-rest maps of each softmax probability, renormalised
   (in :mod:`softcal.calibration.binning_calibrators`).
+* ``top_label_beta``: temperature scaling, then a monotone (beta) map of the top probability
+  with the other classes rescaled in proportion (in :mod:`softcal.calibration.top_label`).
 
-The first three are logit transforms (``exportable``): ONNX or TorchScript can carry them as a
-layer after the net. Everything fitted lives in the module's extra state (a dict with the
-method's name), so a state_dict - or a Lightning checkpoint holding the module - rebuilds it
-exactly. An unfitted calibrator is the identity: its forward is the plain softmax.
+The first three and ``top_label_beta`` are logit transforms (``exportable``): ONNX or
+TorchScript can carry them as a layer after the net. Everything fitted lives in the module's
+extra state (a dict with the method's name), so a state_dict - or a Lightning checkpoint
+holding the module - rebuilds it exactly. An unfitted calibrator is the identity: its forward
+is the plain softmax.
 """
 
 from __future__ import annotations
@@ -26,10 +29,13 @@ from softcal.calibration.affine_fit import affine_logits, cross_validate_odir, f
 from softcal.calibration.binning_calibrators import HistogramCalibrator, IsotonicCalibrator
 from softcal.calibration.calibrator_base import Calibrator, compute_dtype
 from softcal.calibration.temperature import fit_temperature
+from softcal.calibration.top_label import TopLabelBetaCalibrator
 from softcal.errors import SoftcalError
 
 #: The methods ``evaluate.py --calibrators all`` compares and a run may store.
-METHODS: tuple[str, ...] = ("temperature", "vector", "matrix", "histogram", "isotonic")
+METHODS: tuple[str, ...] = (
+    "temperature", "vector", "matrix", "histogram", "isotonic", "top_label_beta",
+)  # fmt: skip
 #: METHODS plus the unregularised matrix scaling, shown in the comparison table only: it
 #: overfits (Guo et al. 2017 report 25% ECE on CIFAR-100), which is the point of showing it.
 ALL_METHODS_FOR_COMPARISON: tuple[str, ...] = (*METHODS, "matrix_unregularised")
@@ -161,7 +167,7 @@ class UnregularisedMatrixCalibrator(MatrixCalibrator):
 def _registry() -> dict[str, type[Calibrator]]:
     classes: list[type[Calibrator]] = [
         TemperatureCalibrator, VectorCalibrator, MatrixCalibrator, UnregularisedMatrixCalibrator,
-        HistogramCalibrator, IsotonicCalibrator,
+        HistogramCalibrator, IsotonicCalibrator, TopLabelBetaCalibrator,
     ]  # fmt: skip
     return {cls.method: cls for cls in classes}
 

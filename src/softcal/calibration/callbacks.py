@@ -66,7 +66,7 @@ class FitCalibration(_StepOutputs):
     runs of any method can be compared on it.
 
     Args:
-        method: temperature (default), vector, matrix, histogram or isotonic
+        method: temperature (default), vector, matrix, histogram, isotonic or top_label_beta
             (``--calibration.method``).
         enabled: False (``--calibration.enabled false``) makes the callback do nothing at all:
             it stays in the Trainer's list, as its config group says, and the module keeps

@@ -5,8 +5,9 @@ carries the calibration fitted for exactly its own weights. It answers every que
 calibration that training, evaluate, predict and export ask:
 
 * ``method``: the calibration the calibrated numbers use - ``"temperature"`` (the default),
-  ``"vector"``, ``"matrix"``, ``"histogram"``, ``"isotonic"`` - or None when nothing is fitted
-  (a run trained with calibration off, a checkpoint saved mid-epoch, a fit that diverged);
+  ``"vector"``, ``"matrix"``, ``"histogram"``, ``"isotonic"``, ``"top_label_beta"`` - or None
+  when nothing is fitted (a run trained with calibration off, a checkpoint saved mid-epoch, a
+  fit that diverged);
 * ``temperature``: the T fitted on the same logits whatever the method (runs of any method
   are compared on it), or None;
 * ``probabilities(logits, calibrated)``, ``calibrated_logits(logits)``: applying it;

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 #: ``calibration.method`` values: softcal.calibration.calibrators.METHODS, spelled out for the
 #: parser (a Literal, so a wrong name fails while parsing, in one line, before any run starts).
-CalibratorName = Literal["temperature", "vector", "matrix", "histogram", "isotonic"]
+CalibratorName = Literal["temperature", "vector", "matrix", "histogram", "isotonic", "top_label_beta"]
 
 #: Trainer settings that only make sense while training (the run's logger, its callbacks
 #: such as checkpointing) or that name objects: a reopened run leaves them out.
