@@ -46,6 +46,7 @@ README_RUNS = (
     ReadmeRun("cifar10_2_epochs", "CIFAR-10, 2 epochs", "CIFAR-10",
               ("-c", "cifar10", "--trainer.max_epochs", "2")),
     ReadmeRun("cifar10", "CIFAR-10", "CIFAR-10", ("-c", "cifar10")),
+    ReadmeRun("cifar100", "CIFAR-100", "CIFAR-100", ("-c", "cifar100")),
     ReadmeRun("fashion_mnist", "Fashion-MNIST", "Fashion-MNIST", ("-c", "fashion_mnist")),
 )
 #: The ensemble of the calibration-under-shift table: three seeds that hold out one validation
