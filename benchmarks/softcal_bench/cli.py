@@ -141,7 +141,7 @@ def run_section(job: Job, args: argparse.Namespace) -> str:
             measured.update(values)
         machine = report.machine_block(info, load_before, load_average(), notes(job, args))
         targets = {k: v for k, v in TARGETS.get(job.name, {}).items() if k in measured}  # measured here
-        title = f"{job.name}: " + ", ".join(what for what, _ in parts)
+        title = f"{args.section or job.name}: " + ", ".join(what for what, _ in parts)
         return report.section(title, machine, texts, measured, targets)
     finally:
         if args.keep_runs and (work / "train").is_dir():  # the runs, for evaluate and the README

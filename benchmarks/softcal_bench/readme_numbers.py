@@ -133,6 +133,9 @@ def main(args: argparse.Namespace) -> int:
         machine = machine_block(info, load_before, load_average(), notes(args))
         provenance = Provenance(regenerate_command(args), commit(REPO), machine)
         for base, text in readme_report.sections(measured, provenance).items():
+            if args.only:  # a section of its own: its heading names its runs
+                heading, rest = text.split("\n", 1)
+                text = f"{heading}: {', '.join(args.only)}\n{rest}"
             write_section(args.out, section_key(base, args.only), text)
             print("\n" + text, flush=True)
     finally:

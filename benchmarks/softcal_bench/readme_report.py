@@ -86,9 +86,10 @@ def step_rows(steps: Sequence[Step]) -> str:
 TRAINING_ABOUT = (
     "Each row is the README's command as a user types it, with the config's seed (0), in a fresh"
     " process that writes its run to a scratch folder (`--trainer.logger.init_args.save_dir`)."
-    " Test split, from the run's results.json: raw softmax -> after the temperature T fitted on"
-    " the validation split; AURC of the raw softmax (selective prediction); wall time from"
-    " start-up to the printed table; the process's peak RSS."
+    " Test split, from the run's results.json: raw softmax -> after the calibration its config"
+    " names (`calibration.method`: temperature scaling; for CIFAR-100 `top_label_beta` on top of"
+    " it), fitted on the validation split; T: the temperature; AURC of the raw softmax (selective"
+    " prediction); wall time from start-up to the printed table; the process's peak RSS."
 )
 
 
