@@ -224,6 +224,9 @@ def test_results_summary_and_table_header_name_the_method():
     metrics = {"test/acc": 0.5, "test_calibrated/acc": 0.5}
     assert "calibrated (T = 1.250)" in format_results(metrics, "T = 1.250", "t")
     assert "calibrated (vector)" in format_results(metrics, "vector", "t")
+    # a method name longer than the column keeps the columns apart, and the cells under it
+    head, _, row = format_results(metrics, "top_label_beta", "t").splitlines()[1:]
+    assert "(T = 1)  calibrated (top_label_beta)" in head and len(row) == len(head)
 
 
 # ----------------------------------------------------------------------------- trained runs

@@ -23,7 +23,9 @@ def format_results(results: dict[str, float], calibration_label: str, title: str
     names = sorted({k.split("/", 1)[1] for k in results if k.startswith(f"{split}/")})
     names.sort(key=lambda n: ROW_ORDER.index(n) if n in ROW_ORDER else len(ROW_ORDER))
     width = max([15, *(len(n) + 1 for n in names)])  # misclassification_auroc is 23 long
-    head = f"{'metric':<{width}}{split + ' (T = 1)':>15}{'calibrated (' + calibration_label + ')':>26}"
+    calibrated = f"calibrated ({calibration_label})"
+    cal_width = max(26, len(calibrated) + 2)  # a long method name (top_label_beta) keeps a gap
+    head = f"{'metric':<{width}}{split + ' (T = 1)':>15}{calibrated:>{cal_width}}"
     lines = [title, head, "-" * len(head)]
     for name in names:
         raw = results.get(f"{split}/{name}", math.nan)
@@ -31,7 +33,7 @@ def format_results(results: dict[str, float], calibration_label: str, title: str
         percent = name.startswith("acc") or "ece" in name or name in PERCENT_ROWS
         digits = 3 if name in FINE_ROWS else 2
         cells = [_cell(v, percent, digits) for v in (raw, cal)]
-        lines.append(f"{name:<{width}}{cells[0]:>15}{cells[1] if not math.isnan(cal) else '':>26}")
+        lines.append(f"{name:<{width}}{cells[0]:>15}{cells[1] if not math.isnan(cal) else '':>{cal_width}}")
     return "\n".join(lines)
 
 
