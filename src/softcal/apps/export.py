@@ -82,6 +82,7 @@ def exported_calibration(run: LoadedRun, choice: str = "stored") -> RunCalibrati
     """The calibration the graph will apply: the run's own (``stored``), its T alone
     (``temperature``) or nothing (``none``); one line of SoftcalError when the stored method is
     not a logit transform a graph can carry."""
+    from softcal.calibration.calibrators import exportable_methods
     from softcal.calibration.run_calibration import RunCalibration
 
     stored = run.calibration
@@ -91,7 +92,7 @@ def exported_calibration(run: LoadedRun, choice: str = "stored") -> RunCalibrati
             " graph cannot carry (only temperature, vector and matrix scaling and top-label beta"
             " calibration are logit transforms); export with --calibration temperature (its fitted"
             " T) or --calibration none (raw softmax), or train with --calibrator"
-            " temperature|vector|matrix|top_label_beta"
+            f" {'|'.join(exportable_methods())}"
         )
     if choice == "stored":
         return stored

@@ -172,6 +172,12 @@ def _registry() -> dict[str, type[Calibrator]]:
     return {cls.method: cls for cls in classes}
 
 
+def exportable_methods() -> tuple[str, ...]:
+    """The METHODS that are logit transforms, in METHODS' order: what an exported graph carries."""
+    registry = _registry()
+    return tuple(method for method in METHODS if registry[method].exportable)
+
+
 def make_calibrator(method: str, num_classes: int) -> Calibrator:
     """An unfitted calibrator of ``method`` (one of ALL_METHODS_FOR_COMPARISON) for K classes."""
     registry = _registry()
