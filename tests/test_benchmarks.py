@@ -119,7 +119,7 @@ def test_seeds_are_checked_on_the_mean_for_quality_and_the_max_for_cost():
     assert measured == {"test_acc": stats["mean"]["test_acc"], "test_ece": 2 * 0.025 / 3,
                         "calibrated_ece": 0.025 / 3, "wall_s": 620.0, "peak_rss_gb": 1.75}  # fmt: skip
     verdicts = {row[0].split(" >=")[0].split(" <=")[0]: row[2]
-                for row in verdict_rows(measured, {**TARGETS["cifar10_quick"],
+                for row in verdict_rows(measured, {"test_acc": (">=", 0.90), "wall_s": ("<=", 600.0),
                                                    "calibrated_ece": ("<=", 0.01)})}  # fmt: skip
     assert verdicts == {"`train.py` test accuracy (mean over the seeds)": "met",
                         "`train.py` wall time, start-up, data loading, calibration and test included"
@@ -240,7 +240,7 @@ def test_benchmark_tiny_runs_end_to_end(tmp_path: Path):
                      "interleaved in one process", "(c') bare (s)", "### Data path alone",
                      "PIL image per sample", "load average", "--tiny smoke run",
                      "- command: `python scripts/benchmark.py --tiny --out ", "\n- commit: ",
-                     "| `train.py` test accuracy (mean over the seeds) >= 90.00% |",
+                     "| `train.py` test accuracy (mean over the seeds) >= 93.00% |",
                      "| data path samples/s, softcal vs the PIL DataLoader >= 10.0x |"):  # fmt: skip
         assert expected in text, expected
     seed_rows = [x for x in text.splitlines() if x.startswith(("| 0 |", "| 1 |")) and " GB | " in x]

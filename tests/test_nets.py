@@ -59,6 +59,27 @@ def test_flip_averaging_applies_in_eval_only():
         assert torch.allclose(net(x), views[0])
 
 
+def test_translate_averaging_adds_the_one_pixel_shifts_of_each_view():
+    torch.manual_seed(0)
+    net = WhitenedCNN(3, 10, widths=(8, 16, 16), translate_average=True)
+    net.fit_whitening(torch.randn(64, 3, 32, 32))
+    x = torch.randn(5, 3, 32, 32)
+    padded = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
+    up_left, down_right = padded[:, :, 2:, 2:], padded[:, :, :-2, :-2]
+    assert torch.equal(up_left[:, :, 0, 0], x[:, :, 1, 1])
+    assert torch.equal(down_right[:, :, 1, 1], x[:, :, 0, 0])
+    views = [x, x.flip(3), up_left, down_right, up_left.flip(3), down_right.flip(3)]
+    net.eval()
+    with torch.no_grad():
+        expected = torch.stack([net.logits(v) for v in views]).mean(0)
+        assert torch.allclose(net(x), expected, atol=1e-5)
+        net.flip_average = False  # the image and its two shifts
+        unmirrored = torch.stack([net.logits(v) for v in (x, up_left, down_right)]).mean(0)
+        assert torch.allclose(net(x), unmirrored, atol=1e-5)
+    net.train()  # training sees the image alone, whatever the test-time views
+    assert len(net.test_views(x)) == 1
+
+
 def test_small_nets_and_resnet_start_sensibly():
     # DigitCNN refuses images its poolings would erase; ResNet's residual branches start at
     # zero, so each block is the identity plus its shortcut at initialisation.

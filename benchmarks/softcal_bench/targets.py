@@ -32,12 +32,13 @@ SEED_STAT = {"test_acc": "mean", "test_ece": "mean", "calibrated_ece": "mean", "
              "peak_rss_gb": "max"}  # fmt: skip
 
 TARGETS: dict[str, dict[str, tuple[str, float]]] = {
-    "mnist": {"test_acc": (">=", 0.99), "wall_s": ("<=", 45.0), "overhead": ("<=", 0.05)},
-    "cifar10": {"test_acc": (">=", 0.93), "wall_s": ("<=", 1800.0), "calibrated_ece": ("<=", 0.01),
-                "overhead": ("<=", 0.02), "peak_rss_gb": ("<=", 2.0)},  # issue 12
-    # issue 12: the quick config has the accuracy and time targets and "the same calibration
-    # report" (raw and calibrated ECE, NLL, Brier: shown as info); the ECE target is the full one's
-    "cifar10_quick": {"test_acc": (">=", 0.90), "wall_s": ("<=", 600.0)},
+    "mnist": {"test_acc": (">=", 0.99), "wall_s": ("<=", 12.0), "overhead": ("<=", 0.05)},
+    # CIFAR-10 at the fast-training records' 94% within 15 minutes of a 2-core CPU, without
+    # giving up calibration: raw and temperature-scaled ECE both have a ceiling.
+    "cifar10": {"test_acc": (">=", 0.94), "wall_s": ("<=", 900.0), "test_ece": ("<=", 0.015),
+                "calibrated_ece": ("<=", 0.01), "overhead": ("<=", 0.02), "peak_rss_gb": ("<=", 2.0)},
+    # the quick config has accuracy and time targets; its calibration report is shown as info
+    "cifar10_quick": {"test_acc": (">=", 0.93), "wall_s": ("<=", 360.0)},
     "synthetic-cifar": {"data_speedup": (">=", 10.0), "data_peak_gb": ("<=", 1.5)},
     "cifar10-sample": {"data_speedup": (">=", 10.0)},
 }

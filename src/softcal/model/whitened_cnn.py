@@ -95,6 +95,7 @@ class WhitenedCNN(nn.Module):
         logit_scale: float = 1 / 9,
         bn_momentum: float = 0.4,
         flip_average: bool = True,
+        translate_average: bool = False,
     ) -> None:
         """
         Args:
@@ -106,6 +107,10 @@ class WhitenedCNN(nn.Module):
             flip_average: in eval mode, return the mean of the logits of each image and its
                 mirror image (test-time augmentation). Inside the net, so evaluation, predict
                 and export all return the same probabilities; training is unaffected.
+            translate_average: in eval mode, also average each view shifted by one pixel up-left
+                and down-right (edges mirrored, as the training crops pad): 6 views with the
+                flip, 3 without. About +0.3 points on CIFAR-10 after 16 epochs, for 3x the
+                evaluation compute (docs/cifar10.md has the measurements).
         """
         super().__init__()
         if image_size < 16:
@@ -119,6 +124,7 @@ class WhitenedCNN(nn.Module):
         self.head = nn.Linear(c_in, num_classes, bias=False)
         self.logit_scale = logit_scale
         self.flip_average = flip_average
+        self.translate_average = translate_average
 
     @property
     def whitening_fitted(self) -> bool:
@@ -136,9 +142,26 @@ class WhitenedCNN(nn.Module):
         return self.head(x) * self.logit_scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training or not self.flip_average:
+        views = self.test_views(x)
+        if len(views) == 1:
             return self.logits(x)
-        # One pass over both views: twice the batch, half the calls. Split by shape, not by
+        # One pass over all views: k times the batch, fewer calls. Split by shape, not by
         # len(x): an exported model (ONNX, dynamic batch) must not bake the batch size in.
-        both = self.logits(torch.cat([x, x.flip(3)]))
-        return both.unflatten(0, (2, -1)).mean(dim=0)
+        both = self.logits(torch.cat(views))
+        return both.unflatten(0, (len(views), -1)).mean(dim=0)
+
+    def test_views(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The views whose logits are averaged: the image alone while training."""
+        if self.training:
+            return [x]
+        views = [x, *one_pixel_shifts(x)] if self.translate_average else [x]
+        if self.flip_average:
+            views += [view.flip(3) for view in views]
+        return views
+
+
+def one_pixel_shifts(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` moved one pixel up-left and one pixel down-right, mirroring the edge it uncovers
+    (the training crops pad by reflection too, so the net has seen such edges)."""
+    padded = nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
+    return padded[:, :, 2:, 2:], padded[:, :, :-2, :-2]
