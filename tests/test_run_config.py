@@ -124,9 +124,9 @@ def _full(base: str, changes: dict[str, object], tmp_path: Path) -> str:
 ])  # fmt: skip
 def test_an_overlay_alone_resolves_to_its_base_with_its_changes(overlay, base, changes, tmp_path, capsys):
     """``--config cifar100`` is the CIFAR-10 config with only the data class, the run name,
-    the test-time views and the calibrator changed, exactly as a standalone file with those changes (its base's
-    init_args carry over to the other datamodule class, as jsonargparse does for two --config
-    files)."""
+    the test-time views and the calibrator changed, exactly as a standalone file with those
+    changes (its base's init_args carry over to the other datamodule class, as jsonargparse does
+    for two --config files)."""
     assert [path.name for path in config_chain(CONFIGS / f"{overlay}.yaml")] == [base, f"{overlay}.yaml"]
     full = _full(base, changes, tmp_path)
     assert _printed(capsys, "--config", overlay) == _printed(capsys, "--config", full)
