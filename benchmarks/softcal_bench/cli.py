@@ -26,6 +26,7 @@ from softcal_bench.overlays import config_args, parse_spec
 from softcal_bench.readme_runs import RUNS, selected
 from softcal_bench.seeds import REPO, fresh_cache, run_seeds, seed_measures
 from softcal_bench.targets import TARGETS
+from softcal_bench.test_time_views import measure_views, views_markdown
 from softcal_bench.tiny import TINY_ARGS, write_tiny_data
 from tests.synthetic_data import write_cifar_dataset
 
@@ -195,6 +196,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--only", type=lambda text: [name for name in text.split(",") if name], default=[],
                    metavar="RUN,...", help="with --readme: these runs only, into sections of their own"
                    f" ({', '.join(RUNS)})")  # fmt: skip
+    p.add_argument("--views", nargs="+", type=Path, metavar="RUN",
+                   help="trained runs of a WhitenedCNN config: each scored with every set of test-time"
+                        " views (image, mirror, shifts, both; softcal_bench.test_time_views)")  # fmt: skip
     p.add_argument("overrides", nargs="*", help="after --: CLI overrides, e.g. -- --model.lr 0.01")
     return p
 
@@ -213,12 +217,31 @@ def readme(args: argparse.Namespace) -> int:
     return readme_numbers.main(args)
 
 
+def views(args: argparse.Namespace) -> int:
+    """--views: one section of the given runs scored under each set of test-time views."""
+    info, load_before = machine_info(), load_average()
+    scores = measure_views(args.views, args.overrides)
+    runs = ", ".join(dict.fromkeys(score.run for score in scores))
+    given = f" -- {' '.join(args.overrides)}" if args.overrides else ""
+    notes = [f"command: `python scripts/benchmark.py --views RUN ...{given}` on the runs {runs}",
+             f"commit: {commit(REPO)}"]  # fmt: skip
+    machine = report.machine_block(info, load_before, load_average(), notes)
+    name = args.section or "test-time-views"
+    title = f"## {name}: what averaging test-time views buys"
+    text = "\n\n".join([title, machine, views_markdown(scores)]) + "\n"
+    report.write_section(args.out, name, text)
+    print("\n" + text, flush=True)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     given = sys.argv[1:] if argv is None else list(argv)
     args = parser().parse_args(given)
     args.shown_command = shlex.join(["python", "scripts/benchmark.py", *given])  # each section names it
     if args.readme or args.with_shift or args.only:
         return readme(args)
+    if args.views:
+        return views(args)
     names = args.dataset or ([] if args.config else ["mnist", "synthetic-cifar"])
     jobs = [Job(name, [REPO / "configs" / DATASETS[name][0]], DATASETS[name][1]) for name in names]
     jobs += [Job(*parse_spec(spec), trains=True) for spec in args.config]
