@@ -5,6 +5,7 @@ Lightning does, and one smoke run of scripts/benchmark.py."""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -249,3 +250,22 @@ def test_benchmark_tiny_runs_end_to_end(tmp_path: Path):
     # (c) and (c') are the same code with the same seed as (a): all three end with (a)'s weights.
     line = next(x for x in text.splitlines() if x.startswith("Test accuracy of the final weights"))
     assert "identical to (a)'s: repeat 1: (c) yes, (c') yes." in line, line
+
+
+@pytest.mark.slow
+def test_profile_times_start_up_and_the_runs_steps(tmp_path: Path):
+    """--profile: Lightning's SimpleProfiler report of one run, parsed into the section."""
+    out = tmp_path / "bench.md"
+    proc = run_script("benchmark.py", "--tiny", "--out", str(out), "--dataset", "mnist", "--skip-train",
+                      "--skip-overhead", "--skip-data-path", "--profile", timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    text = out.read_text()
+    assert "with `--trainer.profiler lightning.pytorch.profilers.SimpleProfiler`" in text
+    rows = [line for line in text.splitlines() if line.startswith(("| fit |", "| test |"))]
+    actions = " ".join(rows)
+    for action in ("training_step", "backward", "optimizer_step", "test_step"):
+        assert action in actions, (action, rows)
+    # each row: a whole number of calls, seconds, and a share of the run's wall time
+    row_form = r"\| (fit|test) \| `.+` \| \d+ \| \d+\.\d\d s \| \d+\.\d% \|"
+    assert all(re.fullmatch(row_form, row) for row in rows), rows
+    assert "| start-up: `train.py --help` (imports and the parser) |" in text

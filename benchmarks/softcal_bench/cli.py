@@ -23,6 +23,7 @@ from softcal_bench.data_path import measure_data_path
 from softcal_bench.machine import commit, load_average, machine_info, reset_peak_rss, rss_mib
 from softcal_bench.overhead import median_per_epoch, run_interleaved
 from softcal_bench.overlays import config_args, parse_spec
+from softcal_bench.profile_run import measure_profile
 from softcal_bench.readme_runs import RUNS, selected
 from softcal_bench.seeds import REPO, fresh_cache, run_seeds, seed_measures
 from softcal_bench.targets import TARGETS
@@ -104,6 +105,11 @@ def measure_data(job: Job, args: argparse.Namespace, overrides: list[str], work:
     return report.data_path_markdown(rows, probe), measured
 
 
+def measure_phases(job: Job, args: argparse.Namespace, overrides: list[str], work: Path) -> Measured:
+    """--profile: start-up and one run under Lightning's SimpleProfiler."""
+    return measure_profile(config_args(job.configs, shown), overrides, work / "profile")
+
+
 #: (what it measures, how, the switch that skips it, whether only a training section has it)
 PARTS: list[tuple[str, Callable[..., Measured], str, bool]] = [
     ("`train.py` per seed", measure_train, "skip_train", True),
@@ -135,6 +141,8 @@ def run_section(job: Job, args: argparse.Namespace) -> str:
         overrides = [*(TINY_ARGS if args.tiny else []), *args.overrides]
         parts = [(what, how) for what, how, skip, trains in PARTS
                  if not getattr(args, skip) and (job.trains or not trains)]  # fmt: skip
+        if args.profile and job.trains:
+            parts.append(("where a `train.py` run spends its time", measure_phases))
         texts, measured = [], {}
         for _, how in parts:
             text, values = how(job, args, overrides, work)
@@ -182,6 +190,8 @@ def parser() -> argparse.ArgumentParser:
     for part, what in (("train", "the train.py runs"), ("overhead", "the interleaved overhead"),
                        ("data-path", "the data path alone")):  # fmt: skip
         p.add_argument(f"--skip-{part}", action="store_true", help=f"leave out {what}")
+    p.add_argument("--profile", action="store_true",
+                   help="also time start-up and one train.py run under Lightning's SimpleProfiler")
     p.add_argument("--tiny", action="store_true", help="generated data, a few batches: a smoke test")
     p.add_argument("--keep-runs", type=Path, help="copy the train.py runs here (a folder a section)")
     p.add_argument("--repeats", type=int, default=3, help="of the interleaved measurement")

@@ -24,6 +24,8 @@ MEASURES: dict[str, tuple[str, str]] = {
     "overhead_peak_gb": ("peak RSS of the interleaved measurement's process (three nets, one data)", "GB"),
     "data_speedup": ("data path samples/s, softcal vs the PIL DataLoader", "x"),
     "data_peak_gb": ("softcal data path peak RSS in a fresh process (read, split, one epoch)", "GB"),
+    "profile_wall_s": ("the profiled `train.py` run's wall time", "s"),
+    "startup_s": ("start-up: `train.py --help` (imports and the parser)", "s"),
 }
 
 #: The statistic over the seeds of ``train.py`` that a measure is checked on: the mean for quality
