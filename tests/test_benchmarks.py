@@ -269,3 +269,14 @@ def test_profile_times_start_up_and_the_runs_steps(tmp_path: Path):
     row_form = r"\| (fit|test) \| `.+` \| \d+ \| \d+\.\d\d s \| \d+\.\d% \|"
     assert all(re.fullmatch(row_form, row) for row in rows), rows
     assert "| start-up: `train.py --help` (imports and the parser) |" in text
+
+
+def test_sections_show_no_path_of_this_machine():
+    """--keep-runs, --out and --data-root name places on the machine that ran the benchmark:
+    the command a section shows has DIR and FILE there, in either option form."""
+    from softcal_bench.cli import placeholders
+
+    words = ["--config", "configs/cifar10.yaml", "--keep-runs", "/tmp/runs", "--out=/tmp/b.md",
+             "--data-root", "/data", "--seeds", "0", "1"]  # fmt: skip
+    assert placeholders(words) == ["--config", "configs/cifar10.yaml", "--keep-runs", "DIR", "--out=FILE",
+                                   "--data-root", "DIR", "--seeds", "0", "1"]  # fmt: skip

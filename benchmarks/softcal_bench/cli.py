@@ -244,10 +244,33 @@ def views(args: argparse.Namespace) -> int:
     return 0
 
 
+#: options whose value is a place on this machine: a section shows the option, not the path
+PATH_OPTIONS = {"--keep-runs": "DIR", "--out": "FILE", "--data-root": "DIR"}
+
+
+def placeholders(words: Sequence[str]) -> list[str]:
+    """The command line with the paths of PATH_OPTIONS replaced by DIR or FILE (either form)."""
+    shown, after = [], None
+    for word in words:
+        name, eq, _ = word.partition("=")
+        if after:
+            shown.append(after)
+            after = None
+        elif word in PATH_OPTIONS:
+            shown.append(word)
+            after = PATH_OPTIONS[word]
+        elif eq and name in PATH_OPTIONS:
+            shown.append(f"{name}={PATH_OPTIONS[name]}")
+        else:
+            shown.append(word)
+    return shown
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     given = sys.argv[1:] if argv is None else list(argv)
     args = parser().parse_args(given)
-    args.shown_command = shlex.join(["python", "scripts/benchmark.py", *given])  # each section names it
+    # each section names it, with DIR and FILE for this machine's paths
+    args.shown_command = shlex.join(["python", "scripts/benchmark.py", *placeholders(given)])
     if args.readme or args.with_shift or args.only:
         return readme(args)
     if args.views:
