@@ -28,13 +28,12 @@ PROFILER = "lightning.pytorch.profilers.SimpleProfiler"
 
 @dataclass(frozen=True)
 class ProfileRow:
-    stage: str  # fit or test
     action: str
     calls: int
     total_s: float
 
 
-def parse_report(text: str, stage: str) -> list[ProfileRow]:
+def parse_report(text: str) -> list[ProfileRow]:
     """The rows of a SimpleProfiler report (``extended``: action, mean, calls, total, share)."""
     rows = []
     for line in text.splitlines():
@@ -42,7 +41,7 @@ def parse_report(text: str, stage: str) -> list[ProfileRow]:
         if len(cells) != 5 or cells[0] in ("Action", "Total"):
             continue
         try:
-            rows.append(ProfileRow(stage, cells[0], int(cells[2]), float(cells[3])))
+            rows.append(ProfileRow(cells[0], int(cells[2]), float(cells[3])))
         except ValueError:
             continue
     return rows
@@ -65,7 +64,7 @@ def measure_profile(configs_args: list[str], overrides: list[str], work: Path,
     run = measure_command(command, work / "profiled.log", REPO)
     # The profiler keeps counting across stages: the test report holds the fit's actions too.
     report = next((f for f in (work / "test-profile.txt", work / "fit-profile.txt") if f.is_file()), None)
-    rows = parse_report(_read(report), "run") if report else []
+    rows = parse_report(report.read_text()) if report else []
     wall = run["wall_s"]
     shown = sorted(rows, key=lambda r: r.total_s, reverse=True)[:top]
     table = md_table(["action (Lightning's name)", "calls", "total", "share of the run's wall"],
@@ -82,6 +81,3 @@ def measure_profile(configs_args: list[str], overrides: list[str], work: Path,
     ]
     return "\n\n".join(lines), {"profile_wall_s": wall, "startup_s": startup["wall_s"]}
 
-
-def _read(path: Path) -> str:
-    return path.read_text() if path.is_file() else ""
