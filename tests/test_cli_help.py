@@ -27,10 +27,12 @@ def test_help_is_one_screen_with_the_default_configs_values(monkeypatch, capsys)
     text = "\n".join(lines)
     assert len(lines) <= 250, f"{len(lines)} lines"
     assert max(map(len, lines)) <= 80
-    # configs/mnist.yaml trains with lr 0.02 and 2 epochs; Classifier's own default is 0.01
-    assert "(default: 0.02)" in option_line(lines, "--model.lr")
-    assert "(default: 2)" in option_line(lines, "--trainer.max_epochs")
-    assert "DigitCNN(widths=[16, 32, 64])" in option_line(lines, "--model.net")
+    # configs/mnist.yaml: 1 epoch (the Trainer's own default is 1000), channels-last (the
+    # Classifier's is off) and a DigitCNN with options its defaults leave off
+    assert "(default: 1)" in option_line(lines, "--trainer.max_epochs")
+    assert "(default: true)" in option_line(lines, "--model.channels_last")
+    net = " ".join(option_line(lines, "--model.net").split())  # the default wraps
+    assert "DigitCNN(widths=[16, 32, 64], stem_stride=2, pool_before_norm=true)" in net
     assert "given: mnist.yaml" in option_line(lines, "-c, --config")
     # sections titled by their config group, not by class reprs or docstrings
     for title in ("trainer (Lightning's Trainer):", "model (the classifier", "data (the dataset",

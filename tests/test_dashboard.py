@@ -114,7 +114,7 @@ def test_every_config_yields_the_same_columns_with_fixed_placeholders():
     cifar = yaml.safe_load((REPO / "configs" / "cifar10.yaml").read_text())
     a, b, empty = hparam_values(mnist), hparam_values(cifar), hparam_values({})
     assert list(a) == list(b) == list(empty) == NAMES
-    assert a["net"] == "DigitCNN" and a["net_widths"] == "[16, 32, 64]" and a["lr"] == 0.02
+    assert a["net"] == "DigitCNN" and a["net_widths"] == "[16, 32, 64]" and a["lr"] == 0.01
     assert b["hflip"] is True and b["crop_padding"] == 2.0 and b["crop_pad_mode"] == "reflect"
     assert a["hflip"] is False and a["crop_padding"] == -1.0 and a["crop_pad_mode"] == ""  # not in mnist.yaml
     for name, kind, _ in HPARAMS:  # one type per column, whatever the config

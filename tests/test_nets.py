@@ -89,6 +89,28 @@ def test_small_nets_and_resnet_start_sensibly():
     assert all(not block.body[2].weight.detach().any() for block in net.stages)
 
 
+def test_digit_cnn_strided_stem_and_pool_before_norm_compute_their_layers():
+    """configs/mnist.yaml's DigitCNN: a stride-2 first conv (no pool after it), then blocks
+    that pool before the BatchNorm and ReLU; the defaults keep the original layout."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 1, 28, 28)
+    net = DigitCNN(1, 10, widths=(8, 16, 32), stem_stride=2, pool_before_norm=True).eval()
+    stem, block = net.features[0], net.features[1]
+    assert stem[0].stride == (2, 2) and not any(isinstance(m, torch.nn.MaxPool2d) for m in stem)
+    h = F.relu(stem[1](F.conv2d(x, stem[0].weight, stride=2, padding=1)))
+    assert h.shape[-1] == 14  # 28 -> 14 by the stride alone
+    expected = F.relu(block[2](F.max_pool2d(F.conv2d(h, block[0].weight, padding=1), 2)))
+    assert torch.allclose(block(h), expected, atol=1e-6)
+    assert net.classifier.in_features == 32 * 3 * 3  # 28 -> 14 -> 7 -> 3
+    assert net(x).shape == (4, 10)
+    # The defaults: conv-BN-ReLU then a pool per width, as checkpoints of that layout expect.
+    plain = DigitCNN(1, 10, widths=(8, 16, 32))
+    assert [type(m).__name__ for m in plain.features] == ["Sequential", "MaxPool2d"] * 3
+    assert "features.0.1.running_mean" in plain.state_dict()
+    with pytest.raises(ValueError, match="stem_stride must be 1 or 2"):
+        DigitCNN(1, 10, stem_stride=3)
+
+
 @pytest.mark.slow
 def test_compiled_bf16_training_step_has_finite_gradients():
     """torch.compile + bf16 autocast (configs/gpu.yaml's settings) on this net: the global

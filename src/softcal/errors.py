@@ -8,6 +8,7 @@ a corrupt file). The scripts catch it and print the message without a traceback;
 from __future__ import annotations
 
 import functools
+import gc
 import os
 import sys
 from collections.abc import Callable
@@ -58,6 +59,12 @@ def exit_on_user_error(main: Callable[[], object]) -> Callable[[], None]:
 
     The result of ``main`` is dropped: a console script calls ``sys.exit(command())``, and any
     return value but None would end the process with exit code 1 and print that value.
+
+    When ``main`` returns, the process is about to exit with everything written (the scripts
+    close or flush their files and event writers themselves). CPython's shutdown would still
+    run a full garbage collection over every object torch and Lightning left: ~1 s after an
+    MNIST run on a 2-core CPU, a tenth of the run. ``gc.freeze()`` puts those objects out of
+    its reach; the operating system takes the memory back either way.
     """
 
     @functools.wraps(main)
@@ -67,6 +74,7 @@ def exit_on_user_error(main: Callable[[], object]) -> Callable[[], None]:
             sys.argv.remove("--verbose")
         try:
             main()
+            gc.freeze()
         except SoftcalError as err:
             if verbose:
                 raise
