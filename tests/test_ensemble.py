@@ -27,7 +27,7 @@ from softcal.evaluation.results import SplitLogits
 from softcal.evaluation.scored_logits import scored_pass
 from softcal.runs.load import load_run
 from softcal.shift.corruptions import corrupt
-from tests.conftest import REPO, TINY, run_script
+from tests.conftest import FEW_STEPS_WITH_ERRORS, REPO, TINY, run_script
 from tests.synthetic_data import write_idx_dataset
 
 # ----------------------------------------------------------------------------- references
@@ -101,7 +101,8 @@ def members(mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple
     accurate: errors to calibrate on (the 8-step fixture run makes none)."""
     save_dir = tmp_path_factory.mktemp("members")
     return tuple(_train(mnist_root, save_dir, "--trainer.limit_train_batches", "4", "--seed_everything", seed,
-                        "--data.init_args.val_size", "300") for seed in ("0", "2"))  # fmt: skip
+                        "--data.init_args.val_size", "300", *FEW_STEPS_WITH_ERRORS)
+                 for seed in ("0", "2"))  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -352,7 +352,7 @@ def test_every_outcome_of_a_trial_is_one_line_and_the_study_goes_on(tmp_path, mo
     study = optuna.load_study(study_name="lr", storage=open_storage(str(folder / "journal.log")))
     trials = study.get_trials()
     assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "FAIL", "COMPLETE", "FAIL", "WAITING"]
-    assert trials[0].user_attrs["baseline"] and trials[0].params == {"model.lr": 0.02}  # mnist.yaml's
+    assert trials[0].user_attrs["baseline"] and trials[0].params == {"model.lr": 0.01}  # mnist.yaml's
     assert trials[1].user_attrs["failure"] == "training loss is nan at step 3"
     assert trials[5].system_attrs["failed_trial"] == 4
     assert json.loads((folder / "trial_0001" / "trial.json").read_text())["state"] == "failed"

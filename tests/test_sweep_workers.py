@@ -22,7 +22,7 @@ optuna = pytest.importorskip("optuna")
 
 from optuna.trial import TrialState, create_trial  # noqa: E402
 
-from tests.conftest import REPO, TINY  # noqa: E402
+from tests.conftest import PLAIN_DIGIT_CNN, REPO, TINY  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -153,7 +153,8 @@ def test_one_objective_prunes_through_the_lightning_callback(tmp_path, mnist_roo
         study.add_trial(create_trial(value=1.0, params={"model.lr": 0.01}, distributions={"model.lr": lr},
                                      intermediate_values={0: 1.0}))  # fmt: skip
     study.enqueue_trial({"model.lr": 0.05})  # not a random draw that may land where it ties
-    one = ["--n-trials", "1", "--objectives", "acc", "--storage", str(journal), "--trainer.max_epochs", "2"]
+    one = ["--n-trials", "1", "--objectives", "acc", "--storage", str(journal), "--trainer.max_epochs", "2",
+           *PLAIN_DIGIT_CNN]
     sweep(sweep_command(space, mnist_root, *one)[2:])
     out = capsys.readouterr().out
     trial = load(journal).get_trials()[5]

@@ -21,7 +21,7 @@ from softcal.model.module import Classifier
 from softcal.model.optimization import build_schedule, parameter_groups
 from softcal.runs.results_table import format_results
 from softcal.runs.run_dirs import resolve_checkpoint
-from tests.conftest import TINY, run_script
+from tests.conftest import FEW_STEPS_WITH_ERRORS, TINY, run_script
 from tests.helpers import collect_logits, stored_method, stored_temperature
 
 
@@ -313,9 +313,20 @@ def test_train_script_end_to_end_as_the_readme_shows(mnist_sized_root, tmp_path)
     scalars = set(_events(run_dir).Tags()["scalars"])
     for tag in ("train/loss", "train/acc", "val/acc", "val/ece", "val/temperature", "test/acc", "test/ece",
                 "test_calibrated/ece", "test/nll", "test/brier", "test/adaptive_ece", "test/aurc",
-                "test_calibrated/risk_at_95", "test/misclassification_auroc"):  # fmt: skip
+                "test_calibrated/risk_at_95"):  # fmt: skip
         assert tag in scalars, tag
+    # The AUROC of right against wrong predictions exists only when there are both.
+    mixed = 0 < results["metrics"]["test/acc"] < 1
+    assert ("test/misclassification_auroc" in scalars) == mixed
     assert "val/aurc" not in scalars  # validation is scored without ranking every prediction
+
+
+@pytest.mark.slow
+def test_training_logs_the_misclassification_auroc_when_some_predictions_are_wrong(mnist_root, tmp_path):
+    results = train(_tiny(mnist_root, tmp_path, *FEW_STEPS_WITH_ERRORS))
+    assert 0 < results["metrics"]["test/acc"] < 1
+    logged = _events(tmp_path / "mnist" / "version_0").Scalars("test/misclassification_auroc")
+    assert logged[-1].value == pytest.approx(results["metrics"]["test/misclassification_auroc"], abs=1e-6)
 
 
 @pytest.mark.slow
