@@ -63,6 +63,8 @@ def check_hyperparameters(h: Any) -> None:
         "label_smoothing": (h.label_smoothing, in_range(0, 1), "0.1"),
         "calibration_bins": (h.calibration_bins, at_least(1), "15"),
         "whitening_samples": (h.whitening_samples, at_least(1), "5000"),
+        "muon_lr": (h.muon_lr, above(0), "0.1"),
+        "muon_momentum": (h.muon_momentum, in_range(0, 1), "0.6"),
         "num_classes": (h.num_classes, at_least(2), "10"),  # from the data: one class is no task
     })  # fmt: skip
 
@@ -87,13 +89,18 @@ class Classifier(L.LightningModule):
         channels_last: bool = False,
         compile: bool = False,
         whitening_samples: int = 5000,
+        muon_lr: float = 0.1,
+        muon_momentum: float = 0.6,
     ) -> None:
         """
         Args:
             net: the architecture (``class_path`` + ``init_args`` in the config); called with
                 (in_channels, num_classes, image_size), which the CLI takes from the data.
             num_classes, in_channels, image_size, class_names: filled in from the datamodule.
-            optimizer: ``adamw`` (decoupled weight decay) or ``sgd`` (Nesterov momentum).
+            optimizer: ``adamw`` (decoupled weight decay), ``sgd`` (Nesterov momentum) or
+                ``muon``: Nesterov SGD, but the convolution filters step by their
+                orthogonalized momentum (softcal.model.muon; for nets whose convolutions
+                feed BatchNorm).
             lr: peak learning rate.
             weight_decay: applied to weights only, never to BatchNorm parameters or biases.
             momentum: SGD momentum.
@@ -107,6 +114,10 @@ class Classifier(L.LightningModule):
             compile: wrap the net in ``torch.compile`` (GPU runs; slow to start on CPU).
             whitening_samples: training images a net with ``fit_whitening`` (a data-dependent
                 first layer) is fitted on when training starts.
+            muon_lr, muon_momentum: the convolution filters' peak learning rate and momentum
+                with ``optimizer: muon`` (the relative change of a filter bank per step; the
+                schedule scales it like ``lr``; ``onecycle`` also cycles every group's
+                momentum, this one's included).
         """
         super().__init__()
         self.save_hyperparameters(ignore=["net"])
@@ -234,7 +245,11 @@ class Classifier(L.LightningModule):
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> Any:
         hp = self.hparams
-        groups = parameter_groups(self.net, hp.weight_decay, hp.bias_lr_scale, hp.lr)
+        filters = None
+        if hp.optimizer == "muon":
+            filters = {"lr": hp.muon_lr, "momentum": hp.muon_momentum, "weight_decay": 0.0,
+                       "orthogonal": True}  # fmt: skip
+        groups = parameter_groups(self.net, hp.weight_decay, hp.bias_lr_scale, hp.lr, filters)
         optimizer = build_optimizer(groups, hp.optimizer, hp.lr, hp.momentum)
         if hp.lr_schedule == "constant":
             return optimizer

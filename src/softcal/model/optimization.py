@@ -10,34 +10,46 @@ import torch
 from torch import nn
 
 from softcal.errors import SoftcalError
+from softcal.model.muon import MuonSGD
 
-OptimizerName = Literal["adamw", "sgd"]
+OptimizerName = Literal["adamw", "sgd", "muon"]
 ScheduleName = Literal["onecycle", "cosine", "linear", "constant"]
 
 
 def parameter_groups(net: nn.Module, weight_decay: float, bias_lr_scale: float,
-                     lr: float) -> list[dict]:  # fmt: skip
+                     lr: float, filters: dict | None = None) -> list[dict]:  # fmt: skip
     """Weights (ndim > 1) get weight decay; BatchNorm parameters and biases get none.
 
     Decaying a BatchNorm scale or a bias only shrinks what the next layer undoes. Frozen
     parameters (``requires_grad=False``, e.g. a fixed whitening layer) are left out.
     ``bias_lr_scale`` multiplies the learning rate of the 1-d parameters: nets whose BatchNorm
-    learns only shifts train those faster (see softcal.model.whitened_cnn).
+    learns only shifts train those faster (see softcal.model.whitened_cnn). ``filters``, when
+    given, are the settings of a third group that takes the convolution filters (4-d) out of
+    the weights' group (Muon's orthogonal group, softcal.model.muon).
     """
-    weights, others = [], []
+    weights, others, convolutions = [], [], []
     for p in net.parameters():
-        if p.requires_grad:
+        if not p.requires_grad:
+            continue
+        if filters is not None and p.ndim == 4:
+            convolutions.append(p)
+        else:
             (weights if p.ndim > 1 else others).append(p)
-    return [
+    groups = [
         {"params": weights, "weight_decay": weight_decay, "lr": lr},
         {"params": others, "weight_decay": 0.0, "lr": lr * bias_lr_scale},
     ]
+    if filters is not None:
+        groups.append({"params": convolutions, **filters})
+    return groups
 
 
 def build_optimizer(groups: list[dict], name: OptimizerName, lr: float,
                     momentum: float) -> torch.optim.Optimizer:  # fmt: skip
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True)
+    if name == "muon":
+        return MuonSGD(groups, lr=lr, momentum=momentum)
     return torch.optim.AdamW(groups, lr=lr)
 
 
