@@ -44,11 +44,11 @@ def test_plain_groups_step_exactly_as_torch_nesterov_sgd():
     for _ in range(5):
         grads = [torch.randn_like(p) for p in ours]
         for params in (ours, theirs):
-            for p, g in zip(params, grads):
+            for p, g in zip(params, grads, strict=True):
                 p.grad = g.clone()
         muon.step()
         sgd.step()
-    for a, b in zip(ours, theirs):
+    for a, b in zip(ours, theirs, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
 
 
