@@ -126,6 +126,10 @@ def test_every_config_yields_the_same_columns_with_fixed_placeholders():
     assert isotonic["calibrator"] == "isotonic" and isotonic["calibrate"] is True
     assert hparam_values({**mnist, "calibration": {"enabled": False}})["calibrate"] is False
     assert hparam_values(mnist, accelerator="cpu")["accelerator"] == "cpu"  # what auto became
+    # muon_lr only where Muon trains: the quick overlay; SGD's runs show the placeholder
+    assert b["muon_lr"] == -1.0 and hparam_values({**cifar, "model": {**cifar["model"], "muon_lr": 0.1}})["muon_lr"] == -1.0
+    muon = hparam_values({**cifar, "model": {**cifar["model"], "optimizer": "muon", "muon_lr": 0.12}})
+    assert muon["optimizer"] == "muon" and muon["muon_lr"] == 0.12
 
 
 def _charts_drawing(charts: dict[str, list[str]], wanted: list[str], tags: list[str]) -> list[str]:

@@ -120,6 +120,8 @@ def _full(base: str, changes: dict[str, object], tmp_path: Path) -> str:
                                      "data.class_path": "softcal.data.FashionMNISTDataModule"}),
     ("cifar10_quick", "cifar10.yaml", {"trainer.max_epochs": 6,
                                        "trainer.logger.init_args.name": "cifar10_quick",
+                                       "model.optimizer": "muon", "model.muon_lr": 0.12,
+                                       "model.muon_momentum": 0.6,
                                        "model.net.init_args.translate_average": False}),
 ])  # fmt: skip
 def test_an_overlay_alone_resolves_to_its_base_with_its_changes(overlay, base, changes, tmp_path, capsys):

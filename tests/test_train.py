@@ -182,6 +182,46 @@ def test_calibrate_false_leaves_every_checkpoint_unfitted(mnist_root, tmp_path, 
     assert "calibrated (T = 1, not fitted)" in capsys.readouterr().out
 
 
+def test_lightning_alone_does_not_validate_a_run_that_stops_inside_an_epoch():
+    """What ValidateAtMaxSteps is for: a plain Trainer stops at max_steps mid-epoch unvalidated."""
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    from softcal.runs.max_steps import ValidateAtMaxSteps
+
+    class Counting(BoringModel):
+        validated_at: list[int] = []
+
+        def on_validation_epoch_end(self) -> None:
+            self.validated_at.append(self.global_step)
+
+    for callbacks, expected in (([], [10]), ([ValidateAtMaxSteps()], [10, 15])):
+        model = Counting()
+        model.validated_at = []
+        trainer = L.Trainer(max_epochs=3, max_steps=15, limit_train_batches=10, limit_val_batches=2,
+                            num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks)  # fmt: skip
+        trainer.fit(model)
+        assert trainer.global_step == 15 and model.validated_at == expected, callbacks
+
+
+@pytest.mark.slow
+def test_a_run_ending_inside_an_epoch_is_validated_and_calibrated_there(mnist_root, tmp_path):
+    """A fractional last epoch (``max_steps``): the final weights are validated, so their
+    checkpoint carries a temperature fitted on them (a checkpoint saved between validations
+    would be marked not fitted) and the best checkpoint is chosen among them too."""
+    results = train(_tiny(mnist_root, tmp_path, "--trainer.max_epochs", "3", "--trainer.max_steps", "6"))
+    run_dir = Path(results["run_dir"])
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["global_step"] == 6 and last["epoch"] == 1  # 4 steps, then 2 of the next 4
+    assert stored_method(last["state_dict"]) == "temperature"
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    val_steps = [event.step for event in events.Scalars("val/nll")]
+    assert val_steps == [3, 5], val_steps  # logged at the last step's index: after 4 and 6 steps
+
+
 @pytest.mark.slow
 def test_a_checkpoint_saved_mid_epoch_is_marked_not_fitted(mnist_root, tmp_path):
     """Weights saved between validations have moved since T was fitted: not fitted."""

@@ -25,6 +25,7 @@ HPARAMS: tuple[tuple[str, int, str], ...] = (
     ("net_widths", STRING, "model.net widths (or base_width)"),
     ("optimizer", STRING, "model.optimizer"),
     ("lr", NUMBER, "model.lr (peak)"),
+    ("muon_lr", NUMBER, "model.muon_lr (peak) with optimizer muon"),
     ("weight_decay", NUMBER, "model.weight_decay"),
     ("lr_schedule", STRING, "model.lr_schedule"),
     ("batch_size", NUMBER, "data batch_size per process"),
@@ -105,6 +106,8 @@ def hparam_values(config: Mapping[str, Any], **facts: Any) -> dict[str, str | fl
         "net": _last_name(net.get("class_path")),
         "net_widths": _widths(net.get("init_args") or {}),
         **{k: model.get(k) for k in ("optimizer", "lr", "weight_decay", "lr_schedule", "label_smoothing")},
+        # only Muon uses it: another optimizer's run shows the placeholder, not an unused default
+        "muon_lr": model.get("muon_lr") if model.get("optimizer") == "muon" else None,
         "batch_size": data_args.get("batch_size"),
         "epochs": trainer.get("max_epochs"),
         **{k: data_args.get(k) for k in ("crop_padding", "crop_pad_mode", "hflip", "alternate_flips")},
