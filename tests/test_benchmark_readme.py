@@ -130,8 +130,8 @@ def test_runs_selected_by_only_keep_the_readmes_order():
     assert section_key("readme-training", ["mnist", "fashion_mnist"]) == "readme-training-mnist-fashion_mnist"
     args = Namespace(with_shift=True, only=["mnist"], tiny=False)
     assert regenerate_command(args) == "python scripts/benchmark.py --readme --with-shift --only mnist"
-    assert ENSEMBLE.command() == \
-        "python scripts/train.py -c cifar10_quick --model.optimizer sgd --data.val_split_seed 0 --seed_everything S"  # fmt: skip
+    assert ENSEMBLE.command() == ("python scripts/train.py -c cifar10_quick --model.optimizer sgd"
+                                  " --data.val_split_seed 0 --seed_everything S")  # fmt: skip
 
 
 def trained(run_dir: Path | None, seed: int | None = None, **metrics: float) -> dict:
@@ -198,7 +198,8 @@ def test_sections_print_numbers_as_the_readme_does(tmp_path):
     assert "| its member, seed 2 | 0.820 | 94.00% |" in shift
     assert "| MNIST, default config | 1.054 | 99.24% |" in shift
     assert shift.index("ensemble of 3") < shift.index("its member, seed 0") < shift.index("| MNIST")
-    assert "| `python scripts/train.py -c cifar10_quick --model.optimizer sgd --data.val_split_seed 0 --seed_everything 1` |" \
+    assert "| `python scripts/train.py -c cifar10_quick --model.optimizer sgd --data.val_split_seed 0" \
+        " --seed_everything 1` |" \
         " 17.2 s |" in shift  # fmt: skip
 
 
