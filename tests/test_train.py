@@ -199,7 +199,8 @@ def test_lightning_alone_does_not_validate_a_run_that_stops_inside_an_epoch():
         model.validated_at = []
         trainer = L.Trainer(max_epochs=3, max_steps=15, limit_train_batches=10, limit_val_batches=2,
                             num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
-                            enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks)  # fmt: skip
+                            enable_progress_bar=False, enable_model_summary=False,
+                            callbacks=callbacks)  # fmt: skip
         trainer.fit(model)
         assert trainer.global_step == 15 and model.validated_at == expected, callbacks
 
