@@ -192,7 +192,9 @@ def _expected_row(config: dict, dataset: str) -> dict:
     widths = model["net"]["init_args"].get("widths", model["net"]["init_args"].get("base_width"))
     return {
         "dataset": dataset, "net": model["net"]["class_path"].split(".")[-1], "net_widths": str(widths),
-        "optimizer": model["optimizer"], "lr": model["lr"], "weight_decay": model["weight_decay"],
+        "optimizer": model["optimizer"], "lr": model["lr"],
+        "muon_lr": model["muon_lr"] if model["optimizer"] == "muon" else -1.0,  # the placeholder
+        "weight_decay": model["weight_decay"],
         "lr_schedule": model["lr_schedule"], "batch_size": data["batch_size"],
         "epochs": trainer["max_epochs"], "label_smoothing": model["label_smoothing"],
         "crop_padding": data["crop_padding"], "crop_pad_mode": data["crop_pad_mode"],

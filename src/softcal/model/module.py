@@ -69,6 +69,16 @@ def check_hyperparameters(h: Any) -> None:
     })  # fmt: skip
 
 
+def stage_metrics(k: int, bins: int) -> nn.ModuleDict:
+    """One MetricCollection per stage ("train" cannot be a ModuleDict key: nn.Module.train)."""
+    return nn.ModuleDict({
+        "fit": MetricCollection({"totals": TrainingTotals()}, prefix="train/"),
+        "val": calibration_metrics(k, "val/", bins),
+        "test": calibration_metrics(k, "test/", bins, selective_metrics()),
+        "test_calibrated": calibration_metrics(k, "test_calibrated/", bins, selective_metrics()),
+    })  # fmt: skip
+
+
 class Classifier(L.LightningModule):
     def __init__(
         self,
@@ -97,10 +107,8 @@ class Classifier(L.LightningModule):
             net: the architecture (``class_path`` + ``init_args`` in the config); called with
                 (in_channels, num_classes, image_size), which the CLI takes from the data.
             num_classes, in_channels, image_size, class_names: filled in from the datamodule.
-            optimizer: ``adamw`` (decoupled weight decay), ``sgd`` (Nesterov momentum) or
-                ``muon``: Nesterov SGD, but the convolution filters step by their
-                orthogonalized momentum (softcal.model.muon; for nets whose convolutions
-                feed BatchNorm).
+            optimizer: ``adamw`` (decoupled weight decay), ``sgd`` (Nesterov momentum) or ``muon``
+                (softcal.model.muon: SGD, the filters of convolutions feeding BatchNorm by Muon).
             lr: peak learning rate.
             weight_decay: applied to weights only, never to BatchNorm parameters or biases.
             momentum: SGD momentum.
@@ -114,10 +122,8 @@ class Classifier(L.LightningModule):
             compile: wrap the net in ``torch.compile`` (GPU runs; slow to start on CPU).
             whitening_samples: training images a net with ``fit_whitening`` (a data-dependent
                 first layer) is fitted on when training starts.
-            muon_lr, muon_momentum: the convolution filters' peak learning rate and momentum
-                with ``optimizer: muon`` (the relative change of a filter bank per step; the
-                schedule scales it like ``lr``; ``onecycle`` also cycles every group's
-                momentum, this one's included).
+            muon_lr, muon_momentum: the filters' peak step and momentum with ``muon`` (scheduled
+                like ``lr``; ``onecycle`` cycles every group's momentum, this one's too).
         """
         super().__init__()
         self.save_hyperparameters(ignore=["net"])
@@ -130,14 +136,7 @@ class Classifier(L.LightningModule):
         self.calibration = RunCalibration(num_classes)
         # Checkpoints written before RunCalibration keep T in buffers: mapped when loaded.
         self.register_load_state_dict_pre_hook(self._upgrade_calibration_keys)
-        k, bins = num_classes, calibration_bins
-        # One MetricCollection per stage ("train" cannot be a ModuleDict key: nn.Module.train).
-        self.metrics = nn.ModuleDict({
-            "fit": MetricCollection({"totals": TrainingTotals()}, prefix="train/"),
-            "val": calibration_metrics(k, "val/", bins),
-            "test": calibration_metrics(k, "test/", bins, selective_metrics()),
-            "test_calibrated": calibration_metrics(k, "test_calibrated/", bins, selective_metrics()),
-        })  # fmt: skip
+        self.metrics = stage_metrics(num_classes, calibration_bins)
 
     # ------------------------------------------------------------------ calibration
     def probabilities(self, logits: torch.Tensor, calibrated: bool = True) -> torch.Tensor:
