@@ -131,6 +131,7 @@ def test_runs_selected_by_only_keep_the_readmes_order():
     args = Namespace(with_shift=True, only=["mnist"], tiny=False)
     assert regenerate_command(args) == "python scripts/benchmark.py --readme --with-shift --only mnist"
     assert ENSEMBLE.command() == ("python scripts/train.py -c cifar10_quick --model.optimizer sgd"
+                                  " --model.net.init_args.translate_average false"
                                   " --data.val_split_seed 0 --seed_everything S")  # fmt: skip
 
 
@@ -193,12 +194,13 @@ def test_sections_print_numbers_as_the_readme_does(tmp_path):
         in text["readme-conformal"]  # fmt: skip
     shift = text["readme-shift"]
     # clean: the severity-0 set; corrupted: the mean of the others (acc - 0.1, acc - 0.3; ECE 4%, 8%)
-    assert "| CIFAR-10, ensemble of 3 `cifar10_quick.yaml` SGD runs | 0.723 | 93.22% | 2.00% -> 1.00% |" \
-        " 73.22% | 6.00% -> 3.00% |" in shift  # fmt: skip
+    assert "| CIFAR-10, ensemble of 3 `cifar10_quick.yaml` SGD runs, mirror views | 0.723 | 93.22%" \
+        " | 2.00% -> 1.00% | 73.22% | 6.00% -> 3.00% |" in shift  # fmt: skip
     assert "| its member, seed 2 | 0.820 | 94.00% |" in shift
     assert "| MNIST, default config | 1.054 | 99.24% |" in shift
     assert shift.index("ensemble of 3") < shift.index("its member, seed 0") < shift.index("| MNIST")
-    assert "| `python scripts/train.py -c cifar10_quick --model.optimizer sgd --data.val_split_seed 0" \
+    assert "| `python scripts/train.py -c cifar10_quick --model.optimizer sgd" \
+        " --model.net.init_args.translate_average false --data.val_split_seed 0" \
         " --seed_everything 1` |" \
         " 17.2 s |" in shift  # fmt: skip
 

@@ -121,8 +121,7 @@ def _full(base: str, changes: dict[str, object], tmp_path: Path) -> str:
     ("cifar10_quick", "cifar10.yaml", {"trainer.max_epochs": 6,
                                        "trainer.logger.init_args.name": "cifar10_quick",
                                        "model.optimizer": "muon", "model.muon_lr": 0.12,
-                                       "model.muon_momentum": 0.6,
-                                       "model.net.init_args.translate_average": False}),
+                                       "model.muon_momentum": 0.6, "validate_every_epoch": False}),
 ])  # fmt: skip
 def test_an_overlay_alone_resolves_to_its_base_with_its_changes(overlay, base, changes, tmp_path, capsys):
     """``--config cifar100`` is the CIFAR-10 config with only the data class, the run name and

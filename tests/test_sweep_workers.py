@@ -133,9 +133,11 @@ def test_a_worker_killed_mid_trial_leaves_a_study_that_goes_on_and_retries_its_t
 
 def test_one_objective_prunes_through_the_lightning_callback(tmp_path, mnist_root, monkeypatch, capsys):
     """Five finished trials at 100% validation accuracy after epoch 0: the median pruner stops a
-    smoke trial after its first validation, which the callback reported. The trial runs at the
-    space's highest lr, where the smoke run is far below 100% after its first epoch (near 0.009
-    it is at 100%, ties the median and is rightly not pruned)."""
+    smoke trial after its first validation, which the callback reported (after epoch 0, although
+    the trial's command line asks for one validation only: a pruned trial validates every
+    epoch). The trial runs at the space's highest lr, where the smoke run is far below 100%
+    after its first epoch (near 0.009 it is at 100%, ties the median and is rightly not
+    pruned)."""
     from softcal.apps.sweep import main as sweep
     from softcal.sweep.objectives import parse_objectives
     from softcal.sweep.space import read_space
@@ -153,8 +155,10 @@ def test_one_objective_prunes_through_the_lightning_callback(tmp_path, mnist_roo
         study.add_trial(create_trial(value=1.0, params={"model.lr": 0.01}, distributions={"model.lr": lr},
                                      intermediate_values={0: 1.0}))  # fmt: skip
     study.enqueue_trial({"model.lr": 0.05})  # not a random draw that may land where it ties
+    # A config that validates only its final weights still prunes: a pruned trial validates
+    # every epoch.
     one = ["--n-trials", "1", "--objectives", "acc", "--storage", str(journal), "--trainer.max_epochs", "2",
-           *PLAIN_DIGIT_CNN]
+           *PLAIN_DIGIT_CNN, "--validate_every_epoch", "false"]
     sweep(sweep_command(space, mnist_root, *one)[2:])
     out = capsys.readouterr().out
     trial = load(journal).get_trials()[5]

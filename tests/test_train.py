@@ -182,27 +182,53 @@ def test_calibrate_false_leaves_every_checkpoint_unfitted(mnist_root, tmp_path, 
     assert "calibrated (T = 1, not fitted)" in capsys.readouterr().out
 
 
-def test_lightning_alone_does_not_validate_a_run_that_stops_inside_an_epoch():
-    """What ValidateAtMaxSteps is for: a plain Trainer stops at max_steps mid-epoch unvalidated."""
+def _validated_steps(callbacks: list[L.Callback], **limits: int) -> list[int]:
+    """The global steps at which a BoringModel run (10 batches an epoch) was validated."""
     from lightning.pytorch.demos.boring_classes import BoringModel
 
-    from softcal.runs.max_steps import ValidateAtMaxSteps
-
     class Counting(BoringModel):
-        validated_at: list[int] = []
-
         def on_validation_epoch_end(self) -> None:
-            self.validated_at.append(self.global_step)
+            validated_at.append(self.global_step)
 
-    for callbacks, expected in (([], [10]), ([ValidateAtMaxSteps()], [10, 15])):
-        model = Counting()
-        model.validated_at = []
-        trainer = L.Trainer(max_epochs=3, max_steps=15, limit_train_batches=10, limit_val_batches=2,
-                            num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
-                            enable_progress_bar=False, enable_model_summary=False,
-                            callbacks=callbacks)  # fmt: skip
-        trainer.fit(model)
-        assert trainer.global_step == 15 and model.validated_at == expected, callbacks
+    validated_at: list[int] = []
+    trainer = L.Trainer(**limits, limit_train_batches=10, limit_val_batches=2, num_sanity_val_steps=0,
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=callbacks)  # fmt: skip
+    trainer.fit(Counting())
+    return validated_at
+
+
+def test_lightning_alone_does_not_validate_a_run_that_stops_inside_an_epoch():
+    """What FinalValidation is for: a plain Trainer stops at max_steps mid-epoch unvalidated."""
+    from softcal.runs.final_validation import FinalValidation
+
+    assert _validated_steps([], max_epochs=3, max_steps=15) == [10]
+    assert _validated_steps([FinalValidation()], max_epochs=3, max_steps=15) == [10, 15]
+
+
+@pytest.mark.parametrize(("limits", "expected"), [
+    ({"max_epochs": 3}, [30]),
+    ({"max_epochs": 3, "max_steps": 15}, [15]),  # the end is inside the second epoch
+    ({"max_epochs": 5, "max_steps": 20}, [20]),  # ... or at the end of one before max_epochs
+    ({"max_epochs": -1, "max_steps": 25}, [25]),
+])  # fmt: skip
+def test_validate_every_epoch_false_validates_only_the_final_weights(limits, expected):
+    from softcal.runs.final_validation import FinalValidation
+
+    assert _validated_steps([FinalValidation(every_epoch=False)], **limits) == expected
+    every = _validated_steps([FinalValidation()], **limits)
+    assert len(every) > 1 and every[-1] == expected[-1]  # the same end, validated every epoch
+
+
+def test_last_epoch_of_a_run():
+    from softcal.runs.final_validation import last_epoch
+
+    assert last_epoch(6, -1, 88) == 6
+    assert last_epoch(7, 566, 88) == 7 and last_epoch(100, 566, 88) == 7  # 566 / 88 = 6.4
+    assert last_epoch(100, 176, 88) == 2  # exactly two epochs of steps
+    assert last_epoch(100, 88, 88, accumulate=4) == 4  # 22 optimizer steps an epoch
+    assert last_epoch(100, 23, 90, accumulate=4) == 1  # 23 steps: 22 full and the epoch's last, partial
+    assert last_epoch(-1, 10, float("inf")) is None and last_epoch(None, -1, 88) is None
 
 
 @pytest.mark.slow
@@ -221,6 +247,25 @@ def test_a_run_ending_inside_an_epoch_is_validated_and_calibrated_there(mnist_ro
     events.Reload()
     val_steps = [event.step for event in events.Scalars("val/nll")]
     assert val_steps == [3, 5], val_steps  # logged at the last step's index: after 4 and 6 steps
+
+
+@pytest.mark.slow
+def test_a_run_validated_only_at_its_end_checkpoints_and_calibrates_its_final_weights(mnist_root, tmp_path):
+    """``--validate_every_epoch false``: one validation, after the last step; the best
+    checkpoint is the final weights and carries the temperature fitted on them."""
+    results = train(_tiny(mnist_root, tmp_path, "--trainer.max_epochs", "3",
+                          "--validate_every_epoch", "false"))  # fmt: skip
+    run_dir = Path(results["run_dir"])
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    assert [event.step for event in events.Scalars("val/nll")] == [11]  # after 12 steps, 4 an epoch
+    best = sorted((run_dir / "checkpoints").glob("best-*.ckpt"))
+    assert [path.name for path in best] == ["best-epoch02-step12.ckpt"], best
+    saved = torch.load(best[0], map_location="cpu", weights_only=True)
+    assert stored_method(saved["state_dict"]) == "temperature"
+    assert results["checkpoint"] == str(best[0]) and results["temperature"] != 1.0
 
 
 @pytest.mark.slow

@@ -33,8 +33,8 @@ from softcal.model.module import Classifier
 from softcal.runs.checkpoint_io import with_atomic_checkpoints
 from softcal.runs.config_problems import config_problem
 from softcal.runs.dashboard import RunDashboard
+from softcal.runs.final_validation import FinalValidation
 from softcal.runs.last_checkpoint import LastCheckpoint
-from softcal.runs.max_steps import ValidateAtMaxSteps
 from softcal.runs.run_config import add_training_arguments, check_training_config
 from softcal.runs.run_dirs import check_not_a_folder_of_runs, checkpoints_near, latest_run_with_last
 
@@ -136,7 +136,8 @@ class SoftcalCLI(LightningCLI):
         # each from its config group (calibration:, figures:); disabled ones do nothing. AURC,
         # E-AURC and risk at coverage are the module's own test metrics; their figure is drawn
         # by CalibrationFigures with the others.
-        callbacks.append(ValidateAtMaxSteps())  # a run ending mid-epoch is validated (and calibrated) there
+        # the final weights are validated (and calibrated), mid-epoch too; optionally only they
+        callbacks.append(FinalValidation(every_epoch=settings.get("validate_every_epoch", True)))
         callbacks.append(FitCalibration(**settings.calibration))
         callbacks.append(CalibrationFigures(**settings.figures, n_bins=self.model.hparams.calibration_bins))
         given = trainer_config.get("callbacks") or []

@@ -68,7 +68,7 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_option("--sampler", choices=SAMPLERS, help="default: Optuna's default sampler")
     parser.add_option("--pruner", choices=PRUNERS,
                       help="default: median with one objective; none with several (Optuna cannot"
-                           " prune those)")
+                           " prune those); a pruned trial validates every epoch")
     parser.add_option("--heartbeat", type=float, default=60.0, metavar="SECONDS",
                       help="how often a running trial shows its worker is alive (default 60)")
     parser.add_option("--grace-period", type=float, metavar="SECONDS",

@@ -46,6 +46,7 @@ HELP = {
     "trainer.logger": "where the run's directory goes (--trainer.logger.init_args.NAME VALUE)",
     "model.label_smoothing": "label smoothing of the training loss",
     "ckpt_path": "resume from a checkpoint, a run directory or last (the newest run)",
+    "validate_every_epoch": "false: validate only the final weights (no per-epoch curves)",
     "keep_freed_memory": "keep freed memory for the next step (glibc; see softcal.allocator)",
     "trainer.accelerator": "cpu, gpu, mps or auto",
     "trainer.strategy": "auto, ddp, fsdp, ... (several devices or machines)",

@@ -95,6 +95,10 @@ def add_training_arguments(parser: ArgumentParser) -> None:
                              " of this experiment with a last.ckpt)")  # fmt: skip
     parser.add_argument("--progress_refresh_rate", type=int, default=50,
                         help="progress bar updates every N steps (each costs time)")
+    parser.add_argument("--validate_every_epoch", type=bool, default=True,
+                        help="false: validate only the final weights (their checkpoint, T and figures"
+                             " as after any validation), saving the per-epoch passes and giving up"
+                             " the validation curves (softcal.runs.final_validation)")  # fmt: skip
     parser.add_argument("--keep_freed_memory", type=bool, default=True,
                         help="keep freed memory in the C heap for the next step instead of mapping"
                              " it afresh (glibc; see softcal.allocator)")  # fmt: skip

@@ -59,13 +59,17 @@ def run_dir_name(number: int) -> str:
     return f"trial_{number:04d}"
 
 
-def training_arguments(setup: TrialSetup, study_name: str, number: int, values: dict[str, Any]) -> list[str]:
-    """The training command line of one trial: the sweep's, the trial's values, its run directory."""
+def training_arguments(setup: TrialSetup, study_name: str, number: int, values: dict[str, Any],
+                       pruning: bool = False) -> list[str]:  # fmt: skip
+    """The training command line of one trial: the sweep's, the trial's values, its run directory.
+    A pruned sweep validates every epoch: the pruner judges a trial by its validations, and a
+    config that validates only its final weights (``validate_every_epoch: false``) gives it one."""
     return [
         *setup.train_args, *arguments(values),
         "--trainer.logger.init_args.save_dir", setup.save_dir,
         "--trainer.logger.init_args.name", f"sweeps/{study_name}",
         "--trainer.logger.init_args.version", run_dir_name(number),
+        *(["--validate_every_epoch", "true"] if pruning else []),
     ]  # fmt: skip
 
 
@@ -111,7 +115,7 @@ def train_trial(trial: Any, setup: TrialSetup, values: dict[str, Any], pruning: 
         from optuna_integration import PyTorchLightningPruningCallback
 
         callbacks.append(PyTorchLightningPruningCallback(trial, monitor=setup.objectives[0].metric))
-    argv = training_arguments(setup, trial.study.study_name, trial.number, values)
+    argv = training_arguments(setup, trial.study.study_name, trial.number, values, pruning)
     try:
         results = train(argv, callbacks=callbacks)
     except SystemExit as stop:  # train's Ctrl-C (130) and SIGTERM (143) exits
