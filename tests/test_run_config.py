@@ -109,7 +109,8 @@ def _full(base: str, changes: dict[str, object], tmp_path: Path) -> str:
 
 
 @pytest.mark.parametrize("overlay, base, changes", [
-    ("cifar100", "cifar10.yaml", {"trainer.logger.init_args.name": "cifar100",
+    ("cifar100", "cifar10.yaml", {"trainer.logger.init_args.name": "cifar100", "trainer.max_epochs": 24,
+                                  "validate_every_epoch": False,
                                   "data.class_path": "softcal.data.CIFAR100DataModule",
                                   "calibration.method": "top_label_beta"}),
     ("fashion_mnist", "mnist.yaml", {"trainer.max_epochs": 10,
