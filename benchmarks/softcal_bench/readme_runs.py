@@ -51,7 +51,8 @@ README_RUNS = (
 )
 #: The ensemble of the calibration-under-shift table: three seeds that hold out one validation
 #: split (``--data.val_split_seed 0``), so that its temperature has images none trained on. Its
-#: members train with Nesterov SGD, the quick overlay's optimizer when the table was measured.
+#: members train with Nesterov SGD and average the mirror alone at test time, the quick overlay's
+#: settings when the table was measured.
 ENSEMBLE = ReadmeRun("cifar10_quick_ensemble",
                      "CIFAR-10, ensemble of 3 `cifar10_quick.yaml` SGD runs, mirror views", "CIFAR-10",
                      ("-c", "cifar10_quick", "--model.optimizer", "sgd",
